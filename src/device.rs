@@ -1,0 +1,86 @@
+//! Choosing the compute device: `auto`, `cpu`, `cuda[:N]` or `metal`.
+
+use candle_core::Device;
+
+/// A device as the user names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A GPU when one is compiled in and present, else the CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+    /// The Metal GPU.
+    Metal,
+}
+
+impl DeviceChoice {
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            "metal" => Ok(Self::Metal),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!("expected auto, cpu, cuda, cuda:N or metal, got `{other}`")),
+            },
+        }
+    }
+
+    /// Opens the device; `auto` never fails and falls back to the CPU.
+    pub fn open(self) -> anyhow::Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(n) => Device::new_cuda(n)
+                .map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}")),
+            Self::Metal => {
+                Device::new_metal(0).map_err(|e| anyhow::anyhow!("cannot open Metal device: {e}"))
+            }
+            Self::Auto => {
+                if candle_core::utils::cuda_is_available() {
+                    if let Ok(d) = Device::new_cuda(0) {
+                        return Ok(d);
+                    }
+                }
+                if candle_core::utils::metal_is_available() {
+                    if let Ok(d) = Device::new_metal(0) {
+                        return Ok(d);
+                    }
+                }
+                Ok(Device::Cpu)
+            }
+        }
+    }
+}
+
+/// A short human name for a device, as shown in the status bar.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(DeviceChoice::parse("auto"), Ok(DeviceChoice::Auto));
+        assert_eq!(DeviceChoice::parse("cuda:2"), Ok(DeviceChoice::Cuda(2)));
+        assert_eq!(DeviceChoice::parse("cuda"), Ok(DeviceChoice::Cuda(0)));
+        assert!(DeviceChoice::parse("tpu").is_err());
+        assert!(DeviceChoice::parse("cuda:x").is_err());
+    }
+
+    #[test]
+    fn auto_falls_back_to_a_working_device() {
+        let device = DeviceChoice::Auto.open().unwrap();
+        assert!(!describe(&device).is_empty());
+    }
+}
