@@ -312,7 +312,6 @@ impl Config {
     /// Checks every value the engine depends on; the error is `(dotted key, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let m = &self.model;
-        let t = &self.train;
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
         if m.latent == 0 || m.latent > 4096 {
             return fail("model.latent", format!("must be between 1 and 4096, got {}", m.latent));
@@ -422,6 +421,86 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// When a changed setting takes effect in a running training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// At the next step.
+    Live,
+    /// At the start of the next epoch.
+    NextEpoch,
+    /// Only in a new run.
+    Restart,
+}
+
+/// How a dotted key takes effect when changed during training.
+pub fn effect_of(key: &str) -> Effect {
+    const LIVE: [&str; 12] = [
+        "train.lr",
+        "train.lr_schedule",
+        "train.beta",
+        "train.kl_warmup_steps",
+        "train.grad_clip",
+        "train.log_every",
+        "train.sample_every",
+        "train.checkpoint_every",
+        "train.checkpoint_minutes",
+        "train.keep_checkpoints",
+        "train.val_every",
+        "train.steps",
+    ];
+    if key.starts_with("ui.") || LIVE.contains(&key) {
+        Effect::Live
+    } else if key == "train.batch_size" || key == "data.flip" {
+        Effect::NextEpoch
+    } else {
+        Effect::Restart
+    }
+}
+
+/// One setting that differs between two configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The dotted key.
+    pub key: String,
+    /// The old value, as TOML text.
+    pub old: String,
+    /// The new value, as TOML text.
+    pub new: String,
+    /// When it can take effect.
+    pub effect: Effect,
+}
+
+impl Config {
+    /// The settings that differ from `self` in `new`, in key order.
+    pub fn changes(&self, new: &Config) -> Vec<Change> {
+        let a = flatten(&toml::Value::try_from(self).expect("a Config serialises"));
+        let b = flatten(&toml::Value::try_from(new).expect("a Config serialises"));
+        let mut out = Vec::new();
+        for (key, new_value) in &b {
+            let old_value = a.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+            if &old_value != new_value {
+                out.push(Change { key: key.clone(), old: old_value, new: new_value.clone(), effect: effect_of(key) });
+            }
+        }
+        out
+    }
+}
+
+fn flatten(value: &toml::Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let toml::Value::Table(sections) = value {
+        for (section, table) in sections {
+            if let toml::Value::Table(keys) = table {
+                for (key, v) in keys {
+                    out.push((format!("{section}.{key}"), v.to_string()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn parse_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {

@@ -301,7 +301,7 @@ pub fn init(config: &ModelConfig, shape: ImageShape, seed: u64, device: &Device)
 ///
 /// Convolutions store `(out, in, k, k)` and transposed ones `(in, out, k, k)`; PyTorch takes
 /// the fan-in of both from dimension 1, and so does this, to match its default scale.
-fn fan_in(name: &str, dims: &[usize], vars: &std::collections::HashMap<String, candle_nn::Var>) -> usize {
+fn fan_in(name: &str, dims: &[usize], vars: &std::collections::HashMap<String, candle_core::Var>) -> usize {
     let weight_dims = match name.strip_suffix(".bias") {
         Some(layer) => vars.get(&format!("{layer}.weight")).map(|v| v.dims().to_vec()),
         None => None,
@@ -315,9 +315,9 @@ fn fan_in(name: &str, dims: &[usize], vars: &std::collections::HashMap<String, c
 }
 
 /// Sorted `(name, variable)` pairs of a model's weights.
-pub fn named_vars(varmap: &VarMap) -> Vec<(String, candle_nn::Var)> {
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     let vars = varmap.data().lock().expect("varmap lock");
-    let mut all: Vec<(String, candle_nn::Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut all: Vec<(String, candle_core::Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
 }

@@ -62,6 +62,13 @@ pub struct EpochSettings {
     pub flip: AtomicBool,
 }
 
+impl EpochSettings {
+    /// Settings with these initial values.
+    pub fn new(batch_size: usize, flip: bool) -> Self {
+        Self { batch_size: AtomicUsize::new(batch_size), flip: AtomicBool::new(flip) }
+    }
+}
+
 /// Builds batches on a thread of its own, a few ahead of the trainer.
 pub struct Prefetcher {
     rx: Receiver<Batch>,

@@ -54,8 +54,16 @@ pub fn scan(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
         for item in listing.flatten() {
             let path = item.path();
             let Ok(meta) = item.metadata() else { continue };
+            let hidden = item.file_name().to_string_lossy().starts_with('.');
             if meta.is_dir() {
-                stack.push(path);
+                if !hidden {
+                    stack.push(path);
+                }
+            } else if hidden {
+                continue;
+            } else if !is_image(&path) {
+                let ext = path.extension().map_or("none".into(), |e| e.to_string_lossy().into_owned());
+                bad.push(BadFile { path, reason: format!("not an image file type (extension: {ext})") });
             } else if is_image(&path) {
                 let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
                 let mtime_ns = meta

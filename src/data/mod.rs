@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod folder;
 pub mod npy;
+pub mod scan;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
