@@ -52,6 +52,19 @@ pub enum Cmd {
     Dataset(DatasetCmd),
     /// Print or check configuration files.
     Config(ConfigArgs),
+    /// Score a model on a data set: reconstruction, KL, negative ELBO and the IWAE bound.
+    Eval(EvalArgs),
+    /// Attach the studio to a run that another process writes (or wrote).
+    Watch {
+        /// The run directory, or a name under runs/.
+        run: String,
+    },
+    /// Browse the faces of a finished model in the studio's gallery.
+    Gallery {
+        /// A checkpoint file, a run directory or a name in models/.
+        #[arg(long, short = 'm')]
+        model: String,
+    },
 }
 
 /// Options shared by `train` and the studio.
@@ -155,6 +168,32 @@ pub struct ReconstructArgs {
     /// Also show the picture in the terminal.
     #[arg(long)]
     pub print: bool,
+    /// Device to run on.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `facestudio eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A checkpoint file, a run directory or a name in models/.
+    #[arg(long, short = 'm')]
+    pub model: String,
+    /// Data set: a name in datasets/, a folder or an .npy file (default: the model's own).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Draws per image for the importance-weighted bound (0: ELBO only).
+    #[arg(long, short = 'k', default_value_t = 0)]
+    pub samples: usize,
+    /// Score only the model's held-out split (when the data is the model's own).
+    #[arg(long)]
+    pub held_out: bool,
+    /// Score at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also write the figures as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
     /// Device to run on.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -299,21 +338,38 @@ pub fn log_to_file(path: &Path) -> Result<()> {
 /// Runs the parsed command line.
 pub fn main_with(cli: Cli) -> Result<()> {
     match cli.command {
-        None => crate::studio_entry(cli.train, cli.theme, cli.graphics),
-        Some(Cmd::Train(t)) => {
-            if t.headless || !std::io::stdout().is_terminal() {
-                headless(&t.train)
-            } else {
-                crate::studio_entry(t.train, cli.theme, cli.graphics)
-            }
-        }
+        None => studio_or_headless(cli.train, cli.theme, cli.graphics),
+        Some(Cmd::Train(t)) if t.headless => headless(&t.train),
+        Some(Cmd::Train(t)) => studio_or_headless(t.train, cli.theme, cli.graphics),
         Some(Cmd::Sample(a)) => sample(&a),
         Some(Cmd::Interpolate(a)) => interpolate(&a),
         Some(Cmd::Reconstruct(a)) => reconstruct(&a),
         Some(Cmd::Dataset(DatasetCmd::Scan { path, quick })) => scan(&path, quick),
         Some(Cmd::Dataset(DatasetCmd::List)) => list_datasets(),
         Some(Cmd::Config(a)) => config_cmd(&a),
+        Some(Cmd::Eval(a)) => eval(&a),
+        Some(Cmd::Watch { run }) => {
+            let dir = run_dir(Some(&run), false)?;
+            if !crate::control::is_run_dir(&dir.root) && !dir.root.exists() {
+                bail!("{}: not a run directory (no metrics.jsonl, config.toml or status.json)", dir.root.display());
+            }
+            crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Watch { run: dir.root }, theme: cli.theme, graphics: cli.graphics })
+        }
+        Some(Cmd::Gallery { model }) => {
+            crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Gallery { model }, theme: cli.theme, graphics: cli.graphics })
+        }
     }
+}
+
+/// Opens the studio on a terminal; elsewhere says so and trains headless.
+fn studio_or_headless(args: TrainArgs, theme: Option<String>, graphics: Option<String>) -> Result<()> {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        eprintln!("facestudio: stdout is not a terminal, so the studio cannot be drawn; training headless (use `facestudio train --headless` to say so)");
+        return headless(&args);
+    }
+    // Validate before the studio takes the screen, so errors print plainly.
+    effective_config(&args)?;
+    crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Train { args }, theme, graphics })
 }
 
 fn config_cmd(a: &ConfigArgs) -> Result<()> {
@@ -349,25 +405,106 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
         .name("trainer".into())
         .spawn(move || train::run(opts, ev_tx, cmd_rx, stop_flag))
         .context("starting the trainer thread")?;
-    let tty = std::io::stdout().is_terminal();
-    let mut progress = Progress::new(tty);
-    let mut rollbacks = 0;
-    let mut retry_at: Option<Instant> = None;
-    let mut stop_sent = false;
-    loop {
-        if signalled() && !stop_sent {
-            stop_sent = true;
-            progress.line("interrupted: saving a checkpoint and stopping");
-            let _ = cmd_tx.send(Command::Stop);
+    let (reload_tx, reload_rx) = mpsc::channel();
+    let _server = match crate::control::Server::start(&run, cmd_tx.clone(), reload_tx) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("no control socket in {}: {e}", run.root.display());
+            None
         }
-        if retry_at.is_some_and(|t| Instant::now() >= t) {
-            retry_at = None;
-            let _ = cmd_tx.send(Command::Resume);
+    };
+    // Edits to the run's config file tune the running training.
+    let config_watch = match crate::reload::FileWatcher::new(&[run.config()]) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("not watching {}: {e}", run.config().display());
+            None
+        }
+    };
+    let tty = std::io::stdout().is_terminal();
+    let mut driver = Driver::new(run.clone(), cmd_tx, tty);
+    loop {
+        if signalled() && !driver.stop_sent {
+            driver.stop_sent = true;
+            driver.progress.line("interrupted: saving a checkpoint and stopping");
+            let _ = driver.commands.send(Command::Stop);
+        }
+        let edited = config_watch.as_ref().is_some_and(|w| w.rx.try_iter().count() > 0);
+        if reload_rx.try_recv().is_ok() || edited {
+            driver.reload();
+        }
+        if driver.retry_at.is_some_and(|t| Instant::now() >= t) {
+            driver.retry_at = None;
+            let _ = driver.commands.send(Command::Resume);
         }
         match ev_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Event::Started(s)) => {
-                progress.total = s.config.train.steps;
-                progress.line(&format!(
+            Ok(e) => driver.on_event(e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let result = worker.join().map_err(|_| anyhow::anyhow!("the trainer thread panicked; see {}", run.log().display()))?;
+    if let Err(e) = &result {
+        driver.status.state = "failed".into();
+        driver.status.detail = e.to_string();
+        driver.write_status();
+    }
+    result.map(|_| ()).map_err(anyhow::Error::new)
+}
+
+/// Turns trainer events into progress output, `status.json` updates and automatic recovery.
+struct Driver {
+    run: RunDir,
+    commands: mpsc::Sender<Command>,
+    progress: Progress,
+    status: crate::control::Status,
+    rollbacks: u32,
+    retry_at: Option<Instant>,
+    stop_sent: bool,
+}
+
+impl Driver {
+    fn new(run: RunDir, commands: mpsc::Sender<Command>, tty: bool) -> Self {
+        let status = crate::control::Status { pid: std::process::id(), state: "loading".into(), ..Default::default() };
+        let driver = Self { run, commands, progress: Progress::new(tty), status, rollbacks: 0, retry_at: None, stop_sent: false };
+        driver.write_status();
+        driver
+    }
+
+    fn write_status(&self) {
+        if let Err(e) = crate::control::write_status(&self.run, &self.status) {
+            tracing::warn!("cannot write status.json: {e}");
+        }
+    }
+
+    /// Re-reads the run's `config.toml` and applies its live settings.
+    fn reload(&mut self) {
+        let path = self.run.config();
+        match Config::load(&path) {
+            Ok(config) => {
+                tracing::info!("reloading {}", path.display());
+                let _ = self.commands.send(Command::Apply(Box::new(config)));
+            }
+            Err(e) => {
+                tracing::error!("rejected {e}");
+                self.progress.line(&format!("rejected new settings: {e}"));
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started(s) => {
+                self.progress.total = s.config.train.steps;
+                self.status.total_steps = s.config.train.steps;
+                self.status.step = s.step;
+                self.status.device = s.device.clone();
+                self.status.dataset = s.dataset.clone();
+                self.status.train_images = s.train_images;
+                self.status.val_images = s.val_images;
+                self.status.parameters = s.parameters;
+                self.write_status();
+                self.progress.line(&format!(
                     "{} on {}: {} ({} training, {} held out{}), {} parameters, from step {}",
                     s.run_dir.display(),
                     s.device,
@@ -379,45 +516,76 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
                     s.step
                 ));
             }
-            Ok(Event::Step(r)) => progress.step(&r),
-            Ok(Event::Val(v)) => progress.line(&format!(
+            Event::Step(r) => {
+                self.status.step = r.step;
+                self.write_status();
+                self.progress.step(&r);
+            }
+            Event::Val(v) => self.progress.line(&format!(
                 "validation at step {}: -ELBO {:.2} (recon {:.2}, KL {:.2}) nats/image",
                 v.step, v.total, v.recon, v.kl
             )),
-            Ok(Event::Checkpoint { step, path }) => progress.line(&format!("checkpoint at step {step}: {}", path.display())),
-            Ok(Event::Log(level, msg)) if level != Level::Info => progress.line(&msg),
-            Ok(Event::State(TrainState::Diverged { .. })) => {
-                rollbacks += 1;
-                if rollbacks > 3 {
-                    progress.line("diverged again after 3 rollbacks: stopping");
-                    let _ = cmd_tx.send(Command::Stop);
-                } else {
-                    progress.line("rolling back to the last good checkpoint with a tenth of the learning rate");
-                    let _ = cmd_tx.send(Command::Rollback { lr_factor: 0.1 });
-                }
+            Event::Checkpoint { step, path } => {
+                self.progress.line(&format!("checkpoint at step {step}: {}", path.display()));
             }
-            Ok(Event::State(TrainState::WriteFailed { what })) => {
-                progress.line(&format!("write failed ({what}); retrying in 30 s"));
-                retry_at = Some(Instant::now() + Duration::from_secs(30));
+            Event::Setting(r) => {
+                self.status.total_steps = if r.key == "train.steps" { r.value.parse().unwrap_or(self.status.total_steps) } else { self.status.total_steps };
+                self.progress.total = self.status.total_steps;
+                self.write_status();
+                self.progress.line(&format!("{} = {} from step {}", r.key, r.value, r.step));
             }
-            Ok(Event::Finished(s)) => {
-                progress.finish();
+            Event::Log(level, msg) if level != Level::Info => self.progress.line(&msg),
+            Event::Log(..) | Event::Sample { .. } => {}
+            Event::State(state) => self.on_state(state),
+            Event::Finished(s) => {
+                self.status.step = s.step;
+                self.status.state = if s.completed { "finished" } else { "stopped" }.into();
+                self.write_status();
+                self.progress.finish();
                 let last = s.last.as_ref().map_or(String::new(), |r| format!(", last loss {:.2}", r.total));
                 println!(
                     "{} at step {} ({:.1} images/s{last}); run directory {}",
                     if s.completed { "finished" } else { "stopped" },
                     s.step,
                     s.images_per_second,
-                    run.root.display()
+                    self.run.root.display()
                 );
             }
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let result = worker.join().map_err(|_| anyhow::anyhow!("the trainer thread panicked; see {}", run.log().display()))?;
-    result.map(|_| ()).map_err(anyhow::Error::new)
+
+    fn on_state(&mut self, state: TrainState) {
+        self.status.detail.clear();
+        self.status.state = match &state {
+            TrainState::Loading => "loading",
+            TrainState::Running => "running",
+            TrainState::Paused => "paused",
+            TrainState::Diverged { .. } => "diverged",
+            TrainState::WriteFailed { .. } => "write-failed",
+            TrainState::Finished => "finished",
+        }
+        .into();
+        match state {
+            TrainState::Diverged { what, .. } => {
+                self.status.detail = what;
+                self.rollbacks += 1;
+                if self.rollbacks > 3 {
+                    self.progress.line("diverged again after 3 rollbacks: stopping");
+                    let _ = self.commands.send(Command::Stop);
+                } else {
+                    self.progress.line("rolling back to the last good checkpoint with a tenth of the learning rate");
+                    let _ = self.commands.send(Command::Rollback { lr_factor: 0.1 });
+                }
+            }
+            TrainState::WriteFailed { what } => {
+                self.progress.line(&format!("write failed ({what}); retrying in 30 s"));
+                self.status.detail = what;
+                self.retry_at = Some(Instant::now() + Duration::from_secs(30));
+            }
+            _ => {}
+        }
+        self.write_status();
+    }
 }
 
 /// The headless progress display.
@@ -635,6 +803,44 @@ fn list_datasets() -> Result<()> {
             Err(_) => format!("missing: {}", d.get.as_deref().unwrap_or("see its description")),
         };
         println!("{:<10} {}\n           {status}", d.name, d.title);
+    }
+    Ok(())
+}
+
+fn eval(a: &EvalArgs) -> Result<()> {
+    if a.samples > 10_000 {
+        bail!("--samples must be at most 10000, got {}", a.samples);
+    }
+    let (loaded, _) = open_model(&a.model, &a.device)?;
+    let mut config = loaded.meta.config.clone();
+    let own = a.data.is_none() || a.data.as_deref() == Some(config.data.source.as_str());
+    if let Some(d) = &a.data {
+        config.data.source = d.clone();
+    }
+    let data = data::load(&config).map_err(anyhow::Error::new)?;
+    let shape = loaded.model.shape;
+    if (data.channels, data.height, data.width) != (shape.channels, shape.height, shape.width) {
+        bail!("the data gives {}x{}x{} images, the model takes {shape:?}", data.channels, data.height, data.width);
+    }
+    let mut ids: Vec<usize> = if a.held_out {
+        if !own {
+            bail!("--held-out needs the model's own data set ({})", loaded.meta.config.data.source);
+        }
+        data::batcher::split(data.len(), config.data.val_fraction, config.train.seed).val
+    } else {
+        (0..data.len()).collect()
+    };
+    if let Some(limit) = a.limit {
+        ids.truncate(limit);
+    }
+    if ids.is_empty() {
+        bail!("no images to score");
+    }
+    let report = crate::eval::evaluate(&loaded.model, &data, &ids, a.samples, 0)?;
+    print!("{}", report.table());
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        crate::run::atomic_write(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -503,6 +503,28 @@ fn flatten(value: &toml::Value) -> Vec<(String, String)> {
     out
 }
 
+/// Sets one dotted key in a TOML file, keeping its comments and layout, atomically.
+///
+/// The file is read afresh just before the write, so an edit made meanwhile in an editor is
+/// kept; the result is validated before it replaces the file.
+pub fn edit_file(path: &Path, key: &str, value: toml_edit::Item) -> Result<(), ConfigError> {
+    let err = |message: String| ConfigError { file: path.to_path_buf(), key: Some(key.to_string()), line: None, message };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| err(format!("cannot parse: {e}")))?;
+    let (table, leaf) = key.split_once('.').ok_or_else(|| err("expected a `section.key`".into()))?;
+    if !doc.contains_key(table) {
+        doc[table] = toml_edit::table();
+    }
+    doc[table][leaf] = value;
+    let new_text = doc.to_string();
+    Config::from_toml(&new_text, path)?;
+    crate::run::atomic_write(path, new_text.as_bytes()).map_err(|e| err(format!("cannot write: {e}")))
+}
+
 fn parse_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
     let line = e.span().map(|span| line_of_offset(text, span.start));
     let message = e.message().trim().to_string();

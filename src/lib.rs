@@ -7,17 +7,15 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod eval;
 pub mod imageio;
 pub mod model;
+pub mod ops;
 pub mod optim;
+pub mod reload;
 pub mod rng;
 pub mod run;
 pub mod train;
 pub mod cli;
-
-/// Opens the studio on the given options (the default command).
-///
-/// Until a terminal can host it, training runs headless with a progress line.
-pub fn studio_entry(args: cli::TrainArgs, _theme: Option<String>, _graphics: Option<String>) -> anyhow::Result<()> {
-    cli::headless(&args)
-}
+pub mod control;
+pub mod tui;

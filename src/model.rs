@@ -45,11 +45,8 @@ enum UpLayer {
 impl UpLayer {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Transpose(t) => t.forward(xs),
-            Self::Nearest(conv) => {
-                let (_, _, h, w) = xs.dims4()?;
-                conv.forward(&xs.upsample_nearest2d(h * 2, w * 2)?)
-            }
+            Self::Transpose(t) => crate::ops::conv_transpose2d(xs, t),
+            Self::Nearest(conv) => crate::ops::upsample_conv2d(xs, 2, conv, None),
         }
     }
 }
@@ -125,7 +122,7 @@ impl Vae {
             Body::Conv { down, .. } => {
                 let mut h = xs.clone();
                 for conv in down {
-                    h = candle_nn::ops::leaky_relu(&conv.forward(&h)?, LEAK)?;
+                    h = crate::ops::conv2d(&h, conv, Some(LEAK))?;
                 }
                 h.flatten_from(1)?
             }

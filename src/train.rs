@@ -224,14 +224,21 @@ pub fn run(
     commands: Receiver<Command>,
     stop: Arc<AtomicBool>,
 ) -> Result<Summary, TrainError> {
+    // Every log line the trainer emits also goes to the run's train.log, once.
     let emit = |e: Event| {
+        if let Event::Log(level, msg) = &e {
+            match level {
+                Level::Info => tracing::info!("{msg}"),
+                Level::Warn => tracing::warn!("{msg}"),
+                Level::Error => tracing::error!("{msg}"),
+            }
+        }
         let _ = events.send(e);
     };
     emit(Event::State(TrainState::Loading));
     let mut trainer = Trainer::setup(opts, &emit)?;
     let result = trainer.train(&emit, &commands, &stop);
     if let Err(e) = &result {
-        tracing::error!("training failed: {e}");
         emit(Event::Log(Level::Error, format!("training failed: {e}")));
     }
     result
@@ -306,12 +313,11 @@ impl Trainer {
             }
             None => None,
         };
-        tracing::info!(device = %crate::device::describe(&device), "loading data from `{}`", config.data.source);
-        emit(Event::Log(Level::Info, format!("loading data `{}`", config.data.source)));
+        let on = crate::device::describe(&device);
+        emit(Event::Log(Level::Info, format!("loading data `{}` for {on}", config.data.source)));
         let data = data::load(&config)?;
         for bad in data.bad_files.iter().take(20) {
             emit(Event::Log(Level::Warn, format!("skipped {}: {}", bad.path.display(), bad.reason)));
-            tracing::warn!("skipped {}: {}", bad.path.display(), bad.reason);
         }
         let split = batcher::split(data.len(), config.data.val_fraction, config.train.seed);
         if split.train.is_empty() {
@@ -331,8 +337,7 @@ impl Trainer {
                 adam.restore(loaded.meta.adam, &moments)?;
                 let m = &loaded.meta;
                 let cut = run::truncate_metrics(&run.metrics(), m.step)?;
-                tracing::info!("resuming at step {} ({cut} metric records kept)", m.step);
-                emit(Event::Log(Level::Info, format!("resumed from step {}", m.step)));
+                emit(Event::Log(Level::Info, format!("resumed from step {} ({cut} metric records kept)", m.step)));
                 (loaded.model, loaded.varmap, adam, m.step, m.position, m.train_seconds)
             }
             None => {
@@ -562,7 +567,6 @@ impl Trainer {
 
     fn record(&mut self, record: Record, emit: &dyn Fn(Event)) {
         if let Err(e) = self.metrics.append(&record) {
-            tracing::error!("{e}");
             emit(Event::Log(Level::Error, format!("{e}")));
         }
     }
@@ -596,7 +600,6 @@ impl Trainer {
     }
 
     fn diverged(&mut self, what: String, emit: &dyn Fn(Event)) {
-        tracing::error!("diverged: {what}");
         emit(Event::Log(Level::Error, format!("diverged: {what}; roll back to the last checkpoint with a lower learning rate")));
         self.set_state(TrainState::Diverged { step: self.step + 1, what }, emit);
     }
@@ -636,6 +639,11 @@ impl Trainer {
         let mut new_config = self.config.clone();
         new_config.train.lr = new_lr;
         self.apply(new_config, emit);
+        // The run's config file tells the truth about the run: record the new rate there too.
+        let path = self.run.config();
+        if let Err(e) = crate::config::edit_file(&path, "train.lr", toml_edit::value(new_lr)) {
+            emit(Event::Log(Level::Error, format!("{}: {e}", path.display())));
+        }
         self.start_prefetch();
         emit(Event::Log(Level::Warn, format!("rolled back to step {} with learning rate {new_lr:.3e}", self.step)));
         self.set_state(TrainState::Running, emit);
@@ -684,10 +692,8 @@ impl Trainer {
         self.config.data = data;
         self.config.data.flip = flip;
         self.config.model = model;
-        if applied {
-            if let Err(e) = write_config(&self.run, &self.config) {
-                emit(Event::Log(Level::Error, format!("{e}")));
-            }
+        if !applied {
+            emit(Event::Log(Level::Info, "settings reloaded: nothing changed".into()));
         }
     }
 
@@ -723,7 +729,6 @@ impl Trainer {
         match result {
             Ok(path) => emit(Event::Sample { step: self.step, path }),
             Err(e) => {
-                tracing::error!("sample grid: {e}");
                 emit(Event::Log(Level::Error, format!("sample grid: {e}")));
             }
         }
@@ -756,12 +761,10 @@ impl Trainer {
         let snapshot = Snapshot { weights: &weights, moments: &moments, meta: self.snapshot_meta() };
         match checkpoint::save(&self.run, snapshot, self.config.train.keep_checkpoints) {
             Ok(path) => {
-                tracing::info!("checkpoint at step {}: {}", self.step, path.display());
-                emit(Event::Log(Level::Info, format!("checkpoint at step {}", self.step)));
+                emit(Event::Log(Level::Info, format!("checkpoint at step {}: {}", self.step, path.display())));
                 emit(Event::Checkpoint { step: self.step, path });
             }
             Err(e) => {
-                tracing::error!("checkpoint failed: {e}");
                 emit(Event::Log(Level::Error, format!("checkpoint failed: {e}; training paused, resume to retry")));
                 self.set_state(TrainState::WriteFailed { what: e.to_string() }, emit);
             }
@@ -779,6 +782,10 @@ impl Trainer {
 
 /// Writes the run's effective `config.toml` atomically.
 pub fn write_config(run: &RunDir, config: &Config) -> Result<(), run::RunError> {
-    let text = format!("# The effective configuration of this run.\n{}", config.to_toml());
+    let text = format!(
+        "# The effective configuration of this run. Edit the live settings here while it trains\n\
+         # (`facestudio config --default` says which are live); the trainer picks them up.\n{}",
+        config.to_toml()
+    );
     run::atomic_write(&run.config(), text.as_bytes()).map_err(|e| run::RunError::Io { path: run.config(), source: e })
 }

@@ -21,6 +21,24 @@ fn train_losses(records: &[Record]) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The mean per-image binary entropy of the data set's pixels: the least BCE any model can reach.
+fn bce_floor(config: &facestudio::config::Config) -> f64 {
+    let ds = facestudio::data::load(config).unwrap();
+    let entropy: f64 = ds
+        .pixels
+        .iter()
+        .map(|&p| {
+            let x = f64::from(p) / 255.0;
+            if x <= 0.0 || x >= 1.0 {
+                0.0
+            } else {
+                -(x * x.ln() + (1.0 - x) * (1.0 - x).ln())
+            }
+        })
+        .sum();
+    entropy / ds.len() as f64
+}
+
 #[test]
 fn loss_falls_within_a_few_hundred_steps_on_synthetic_faces() {
     let dir = tempfile::tempdir().unwrap();
@@ -28,6 +46,7 @@ fn loss_falls_within_a_few_hundred_steps_on_synthetic_faces() {
     c.train.steps = 300;
     c.train.beta = 1.0;
     c.train.checkpoint_every = 1000;
+    let c_data = c.clone();
     let (summary, _) = train_collect(c, &dir.path().join("run"), false);
     assert_eq!(summary.step, 300);
     let (records, torn) = read_metrics(&RunDir::new(dir.path().join("run")).metrics()).unwrap();
@@ -35,9 +54,12 @@ fn loss_falls_within_a_few_hundred_steps_on_synthetic_faces() {
     let losses = train_losses(&records);
     let first: f64 = losses[..10].iter().map(|l| l.1).sum::<f64>() / 10.0;
     let last: f64 = losses[losses.len() - 10..].iter().map(|l| l.1).sum::<f64>() / 10.0;
-    // BCE of a 32x32x3 image starts near 3072 * ln 2 = 2129 nats; a model that learned the
-    // faces' structure is far below that.
-    assert!(last < 0.75 * first, "loss went from {first:.1} to {last:.1}");
+    // BCE against grey-level targets cannot reach zero: its floor is the binary entropy of the
+    // pixels themselves. A model that learned the faces' structure has closed most of the gap
+    // between the start (near 3072 ln 2 = 2129 nats) and that floor.
+    let floor = bce_floor(&c_data);
+    assert!(first - floor > 100.0, "the start {first:.1} is not above the floor {floor:.1}");
+    assert!(last - floor < 0.5 * (first - floor), "loss went from {first:.1} to {last:.1}, floor {floor:.1}");
     let vals = records.iter().filter(|r| matches!(r, Record::Val(_))).count();
     assert_eq!(vals, 300 / 20);
 }

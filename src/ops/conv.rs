@@ -1,0 +1,833 @@
+//! Convolution kernels for f32 tensors on the CPU, and the candle custom ops built on them.
+//!
+//! Layouts are candle's: images `(n, c, h, w)`, convolution weights `(c_out, c_in, k, k)`,
+//! transposed-convolution weights `(c_in, c_out, k, k)`, biases `(c_out)`, all contiguous.
+//!
+//! Every kernel turns a group of images into one matrix product. `im2col` unfolds the receptive
+//! fields of the group into the columns of a `(c_in k k, group ho wo)` matrix kept in a
+//! per-thread buffer, `gemm` multiplies on one thread, and `col2im` folds columns back into
+//! images. Groups run in parallel on rayon's pool, so the unfolding is parallel too. Three
+//! kernels cover a convolution and its transpose, forward and backward:
+//! - [`forward`]: `y = w x` (+ bias, + leaky ReLU), a convolution;
+//! - [`backward_data`]: `dx = w^T dy`, a convolution's input gradient, which is also the forward
+//!   pass of a transposed convolution whose weight `(c_in, c_out, k, k)` reads as a convolution
+//!   weight from its output to its input;
+//! - [`backward_weight`]: `dw = dy x^T` and `db = sum dy`, summed over the batch.
+//!
+//! The input may be upsampled by nearest neighbour on the fly (`up = 2`): the decoder's
+//! upsample-then-convolve then never builds the four times larger image.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// How many columns (images times output pixels) one matrix product should at least get; a
+/// product much narrower than this spends its time packing the weight.
+const GROUP_COLUMNS: usize = 512;
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// The shape of one convolution: `(n, c_in, h, w)` upsampled by `up`, convolved with a
+/// `(c_out, c_in, k, k)` weight at `stride` and zero `pad` to `(n, c_out, ho, wo)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Images in the batch.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input rows, before upsampling.
+    pub h: usize,
+    /// Input columns, before upsampling.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel side.
+    pub k: usize,
+    /// Step between receptive fields.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Nearest-neighbour upsampling factor applied to the input first (1 for none).
+    pub up: usize,
+}
+
+impl Geometry {
+    /// Output rows.
+    pub fn ho(&self) -> usize {
+        (self.h * self.up + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    /// Output columns.
+    pub fn wo(&self) -> usize {
+        (self.w * self.up + 2 * self.pad - self.k) / self.stride + 1
+    }
+
+    fn rows(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    fn pixels_out(&self) -> usize {
+        self.ho() * self.wo()
+    }
+
+    fn image_in(&self) -> usize {
+        self.c_in * self.h * self.w
+    }
+
+    fn image_out(&self) -> usize {
+        self.c_out * self.pixels_out()
+    }
+
+    /// Images per matrix product: enough columns to be efficient, enough groups to share out.
+    fn group(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        let wanted = GROUP_COLUMNS.div_ceil(self.pixels_out().max(1));
+        wanted.min(self.n.div_ceil(threads)).max(1)
+    }
+
+    fn check(&self) -> Result<()> {
+        let fits = self.h * self.up + 2 * self.pad >= self.k && self.w * self.up + 2 * self.pad >= self.k;
+        if !fits || self.stride == 0 || self.up == 0 || self.k == 0 {
+            candle_core::bail!("convolution does not fit: {self:?}");
+        }
+        Ok(())
+    }
+}
+
+/// A read-only matrix: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Self { data, rs, cs }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) rhs (k x n)`, on the calling thread.
+fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
+    assert!(lhs.fits(m, k) && rhs.fits(k, n), "matrix operand out of bounds");
+    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matrix result out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| dst[i * dst_rs..][..n].fill(0.0));
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every element gemm touches inside the three slices, and
+    // `dst` is borrowed mutably, so it cannot overlap the operands.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+thread_local! {
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's two scratch buffers, grown to at least the given lengths.
+///
+/// Their contents are stale: `f` must write before it reads. Keeping them alive between calls
+/// saves the page faults and zero-filling of a fresh allocation per product.
+fn with_buffers<R>(cols: usize, tmp: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    BUFFERS.with(|cell| {
+        let mut bufs = cell.borrow_mut();
+        let (a, b) = &mut *bufs;
+        if a.len() < cols {
+            a.resize(cols, 0.0);
+        }
+        if b.len() < tmp {
+            b.resize(tmp, 0.0);
+        }
+        f(&mut a[..cols], &mut b[..tmp])
+    })
+}
+
+/// Output columns `lo..hi` whose tap `kx` lands inside a row of `wv` values.
+fn valid_span(kx: usize, pad: usize, stride: usize, wv: usize, wo: usize) -> (usize, usize) {
+    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(stride) };
+    let hi = if wv + pad > kx { ((wv - 1 + pad - kx) / stride + 1).min(wo) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// Walks every (row of the unfolded matrix, output row) pair that reads the input, with the
+/// span of output columns inside the image and the input row and first virtual column read.
+fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize, Option<(usize, usize, usize, usize)>)) {
+    let (ho, wo) = (g.ho(), g.wo());
+    let (hv, wv) = (g.h * g.up, g.w * g.up);
+    for ci in 0..g.c_in {
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let row = (ci * g.k + ky) * g.k + kx;
+                let (lo, hi) = valid_span(kx, g.pad, g.stride, wv, wo);
+                for oy in 0..ho {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= hv as isize || lo == hi {
+                        f(row, oy, None);
+                        continue;
+                    }
+                    let src_row = ci * g.h + iy as usize / g.up;
+                    f(row, oy, Some((lo, hi, src_row, lo * g.stride + kx - g.pad)));
+                }
+            }
+        }
+    }
+}
+
+/// Unfolds one image into columns `off..off + ho wo` of `cols`, whose rows are `ld` apart.
+fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+    let wo = g.wo();
+    for_each_tap(g, |row, oy, span| {
+        let d = &mut cols[row * ld + off + oy * wo..][..wo];
+        let Some((lo, hi, src_row, start)) = span else {
+            d.fill(0.0);
+            return;
+        };
+        let src = &x[src_row * g.w..][..g.w];
+        d[..lo].fill(0.0);
+        d[hi..].fill(0.0);
+        let d = &mut d[lo..hi];
+        match (g.stride, g.up) {
+            (1, 1) => d.copy_from_slice(&src[start..start + d.len()]),
+            (2, 1) => gather::<2, 1>(d, src, start),
+            (1, 2) => gather::<1, 2>(d, src, start),
+            _ => d.iter_mut().enumerate().for_each(|(i, v)| *v = src[(start + i * g.stride) / g.up]),
+        }
+    });
+}
+
+/// `d[i] = src[(start + i S) / U]`, with the common strides and factors known at compile time.
+fn gather<const S: usize, const U: usize>(d: &mut [f32], src: &[f32], start: usize) {
+    d.iter_mut().enumerate().for_each(|(i, v)| *v = src[(start + i * S) / U]);
+}
+
+/// `dst[(start + i S) / U] += d[i]`, the reverse of [`gather`].
+fn scatter<const S: usize, const U: usize>(d: &[f32], dst: &mut [f32], start: usize) {
+    d.iter().enumerate().for_each(|(i, v)| dst[(start + i * S) / U] += v);
+}
+
+/// Folds columns `off..off + ho wo` of `cols` back onto one image, adding into `x`.
+fn col2im(g: &Geometry, cols: &[f32], ld: usize, off: usize, x: &mut [f32]) {
+    let wo = g.wo();
+    for_each_tap(g, |row, oy, span| {
+        let Some((lo, hi, src_row, start)) = span else { return };
+        let d = &cols[row * ld + off + oy * wo..][lo..hi];
+        let dst = &mut x[src_row * g.w..][..g.w];
+        match (g.stride, g.up) {
+            (1, 1) => dst[start..start + d.len()].iter_mut().zip(d).for_each(|(a, b)| *a += b),
+            (2, 1) => scatter::<2, 1>(d, dst, start),
+            (1, 2) => scatter::<1, 2>(d, dst, start),
+            _ => d.iter().enumerate().for_each(|(i, v)| dst[(start + i * g.stride) / g.up] += v),
+        }
+    });
+}
+
+/// Copies the `(imgs, c, p)` block `src` to the `(c, imgs p)` matrix `dst`.
+fn channels_first(src: &[f32], dst: &mut [f32], imgs: usize, c: usize, p: usize) {
+    for i in 0..imgs {
+        for ch in 0..c {
+            dst[ch * imgs * p + i * p..][..p].copy_from_slice(&src[(i * c + ch) * p..][..p]);
+        }
+    }
+}
+
+/// Copies the `(c, imgs p)` matrix `src` to the `(imgs, c, p)` block `dst`.
+fn images_first(src: &[f32], dst: &mut [f32], imgs: usize, c: usize, p: usize) {
+    for i in 0..imgs {
+        for ch in 0..c {
+            dst[(i * c + ch) * p..][..p].copy_from_slice(&src[ch * imgs * p + i * p..][..p]);
+        }
+    }
+}
+
+/// Adds a per-channel bias to `(imgs, c, p)` images, then applies a leaky ReLU of `slope`.
+fn finish(out: &mut [f32], c: usize, p: usize, bias: Option<&[f32]>, slope: Option<f32>) {
+    for (j, plane) in out.chunks_mut(p).enumerate() {
+        let b = bias.map_or(0.0, |b| b[j % c]);
+        match slope {
+            Some(s) => plane.iter_mut().for_each(|v| {
+                let x = *v + b;
+                *v = if x > 0.0 { x } else { x * s };
+            }),
+            None if b != 0.0 => plane.iter_mut().for_each(|v| *v += b),
+            None => {}
+        }
+    }
+}
+
+/// A convolution `(n, c_in, h, w) -> (n, c_out, ho, wo)`, plus `bias`, then a leaky ReLU.
+pub fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, slope: Option<f32>) -> Vec<f32> {
+    let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
+    let mut out = vec![0f32; g.n * g.image_out()];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(group * g.image_out()).enumerate().for_each(|(gi, out)| {
+        let (imgs, first) = (out.len() / g.image_out(), gi * group);
+        let ld = imgs * p;
+        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+        with_buffers(rows * ld, tmp_len, |cols, tmp| {
+            for i in 0..imgs {
+                im2col(g, &x[(first + i) * g.image_in()..][..g.image_in()], cols, ld, i * p);
+            }
+            let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+            if imgs == 1 {
+                matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
+            } else {
+                matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
+                images_first(tmp, out, imgs, g.c_out, p);
+            }
+        });
+        finish(out, g.c_out, p, bias, slope);
+    });
+    out
+}
+
+/// The input gradient `(n, c_in, h, w)` of a convolution from its output gradient `dy`, plus a
+/// per-input-channel `bias` (which makes it a transposed convolution's forward pass).
+pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
+    let mut dx = vec![0f32; g.n * g.image_in()];
+    if dx.is_empty() {
+        return dx;
+    }
+    dx.par_chunks_mut(group * g.image_in()).enumerate().for_each(|(gi, dx)| {
+        let (imgs, first) = (dx.len() / g.image_in(), gi * group);
+        let ld = imgs * p;
+        let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
+        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+        with_buffers(rows * ld, tmp_len, |cols, tmp| {
+            let rhs = if imgs == 1 {
+                View::new(dy, p, 1)
+            } else {
+                channels_first(dy, tmp, imgs, g.c_out, p);
+                View::new(tmp, ld, 1)
+            };
+            matmul(rows, ld, g.c_out, cols, ld, false, View::new(w, 1, rows), rhs);
+            for i in 0..imgs {
+                col2im(g, cols, ld, i * p, &mut dx[i * g.image_in()..][..g.image_in()]);
+            }
+        });
+        finish(dx, g.c_in, g.h * g.w, bias, None);
+    });
+    dx
+}
+
+/// The weight gradient `(c_out, c_in k k)` and bias gradient `(c_out)` of a convolution, summed
+/// over the batch, from its input `x` and output gradient `dy`.
+pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
+    let groups = g.n.div_ceil(group);
+    let tasks = rayon::current_num_threads().clamp(1, groups.max(1));
+    // One accumulator per task rather than per group: each holds a whole weight gradient.
+    let partials: Vec<Vec<f32>> = (0..tasks)
+        .into_par_iter()
+        .map(|t| {
+            let mut acc = vec![0f32; g.c_out * rows + g.c_out];
+            let (dw, db) = acc.split_at_mut(g.c_out * rows);
+            for gi in t * groups / tasks..(t + 1) * groups / tasks {
+                let first = gi * group;
+                let imgs = group.min(g.n - first);
+                let ld = imgs * p;
+                let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
+                let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+                with_buffers(rows * ld, tmp_len, |cols, tmp| {
+                    for i in 0..imgs {
+                        im2col(g, &x[(first + i) * g.image_in()..][..g.image_in()], cols, ld, i * p);
+                    }
+                    let lhs = if imgs == 1 {
+                        View::new(dy, p, 1)
+                    } else {
+                        channels_first(dy, tmp, imgs, g.c_out, p);
+                        View::new(tmp, ld, 1)
+                    };
+                    matmul(g.c_out, rows, ld, dw, rows, true, lhs, View::new(cols, 1, ld));
+                });
+                for (j, plane) in dy.chunks(p).enumerate() {
+                    db[j % g.c_out] += plane.iter().sum::<f32>();
+                }
+            }
+            acc
+        })
+        .collect();
+    let total = partials.into_iter().reduce(|mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    });
+    let mut total = total.unwrap_or_else(|| vec![0f32; g.c_out * rows + g.c_out]);
+    let db = total.split_off(g.c_out * rows);
+    (total, db)
+}
+
+/// Per-channel sums of `(n, c, p)` images, in parallel over channels.
+fn channel_sums(xs: &[f32], c: usize, p: usize) -> Vec<f32> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| xs.chunks(p).skip(ch).step_by(c).map(|plane| plane.iter().sum::<f32>()).sum())
+        .collect()
+}
+
+/// The contiguous f32 data of a CPU tensor.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else { candle_core::bail!("convolution kernels take f32 only") };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("convolution kernels take contiguous tensors only"),
+    }
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4()
+}
+
+/// The settings a convolution op carries; the rest of its geometry comes from its operands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvParams {
+    /// Step between receptive fields.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    /// Nearest-neighbour upsampling of the input (1 for none).
+    pub up: usize,
+}
+
+impl ConvParams {
+    /// The geometry of convolving `x (n, c_in, h, w)` with `w (c_out, c_in, k, k)`.
+    fn geometry(&self, x: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geometry> {
+        if x.1 != w.1 || w.2 != w.3 {
+            candle_core::bail!("convolution of {x:?} with weight {w:?}: channels or kernel mismatch");
+        }
+        let g = Geometry {
+            n: x.0,
+            c_in: x.1,
+            h: x.2,
+            w: x.3,
+            c_out: w.0,
+            k: w.2,
+            stride: self.stride,
+            pad: self.pad,
+            up: self.up,
+        };
+        g.check()?;
+        Ok(g)
+    }
+
+    /// The convolution whose input gradient is a transposed convolution of `x (n, c_in, h, w)`
+    /// with `w (c_in, c_out, k, k)`: it runs from the `(n, c_out, ho, wo)` output back to `x`.
+    fn transposed(&self, x: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geometry> {
+        let side = |s: usize| (s - 1) * self.stride + w.2;
+        if x.1 != w.0 || w.2 != w.3 || self.up != 1 || x.2 == 0 || x.3 == 0 || side(x.2) < 2 * self.pad + 1 {
+            candle_core::bail!("transposed convolution of {x:?} with weight {w:?} does not fit");
+        }
+        let (h, wd) = (side(x.2) - 2 * self.pad, side(x.3) - 2 * self.pad);
+        let g = self.geometry((x.0, w.1, h, wd), (w.0, w.1, w.2, w.3))?;
+        if (g.ho(), g.wo()) != (x.2, x.3) {
+            candle_core::bail!("transposed convolution of {x:?} with weight {w:?} does not invert");
+        }
+        Ok(g)
+    }
+}
+
+/// `leaky(conv(x, w) + b)`: operands `x (n, c_in, h, w)`, `w (c_out, c_in, k, k)`, `b (c_out)`.
+pub struct Conv2d {
+    /// Stride, padding, upsampling.
+    pub params: ConvParams,
+    /// Slope of the leaky ReLU applied to the output, if any.
+    pub slope: Option<f32>,
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "facestudio-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.params.geometry(dims4(l1)?, dims4(l2)?)?;
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        if b.len() != g.c_out {
+            candle_core::bail!("bias of {} for {} output channels", b.len(), g.c_out);
+        }
+        let out = forward(&g, x, w, Some(b), self.slope);
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.ho(), g.wo()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = match self.slope {
+            Some(slope) => grad.contiguous()?.apply_op2_no_bwd(res, &LeakyGrad(slope))?,
+            None => grad.contiguous()?,
+        };
+        let (_, _, h, wd) = x.dims4()?;
+        // Images straight from the data need no gradient; skipping it saves a whole product.
+        let dx = match x.track_op() {
+            true => Some(grad.apply_op2_no_bwd(w, &Pass::Data { params: self.params, h, w: wd })?),
+            false => None,
+        };
+        let dw = match w.track_op() || b.track_op() {
+            true => {
+                let pass = Pass::Weight { params: self.params, k: w.dim(2)?, transposed: false };
+                Some(x.apply_op2_no_bwd(&grad, &pass)?)
+            }
+            false => None,
+        };
+        let (dw, db) = split_weight_grad(dw, w.dims4()?)?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// `conv_transpose(x, w) + b`: operands `x (n, c_in, h, w)`, `w (c_in, c_out, k, k)`, `b (c_out)`.
+pub struct ConvTranspose2d {
+    /// Stride and padding (`up` must be 1).
+    pub params: ConvParams,
+}
+
+impl CustomOp3 for ConvTranspose2d {
+    fn name(&self) -> &'static str {
+        "facestudio-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.params.transposed(dims4(l1)?, dims4(l2)?)?;
+        let (x, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        if b.len() != g.c_in {
+            candle_core::bail!("bias of {} for {} output channels", b.len(), g.c_in);
+        }
+        let out = backward_data(&g, x, w, Some(b));
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.h, g.w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = match x.track_op() {
+            true => Some(grad.apply_op2_no_bwd(w, &Pass::Forward { params: self.params })?),
+            false => None,
+        };
+        // The weight gradient is the equivalent convolution's, with input and output swapped.
+        let dw = match w.track_op() || b.track_op() {
+            true => {
+                let pass = Pass::Weight { params: self.params, k: w.dim(2)?, transposed: true };
+                Some(grad.apply_op2_no_bwd(x, &pass)?)
+            }
+            false => None,
+        };
+        let (dw, db) = split_weight_grad(dw, w.dims4()?)?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// Splits the flat result of [`Pass::Weight`] into the weight and bias gradients.
+fn split_weight_grad(
+    both: Option<Tensor>,
+    w: (usize, usize, usize, usize),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let Some(both) = both else { return Ok((None, None)) };
+    let weights = w.0 * w.1 * w.2 * w.3;
+    let dw = both.narrow(0, 0, weights)?.reshape(w)?;
+    let db = both.narrow(0, weights, both.dim(0)? - weights)?;
+    Ok((Some(dw), Some(db)))
+}
+
+/// The passes used by the backward functions, none of them differentiable again.
+enum Pass {
+    /// `(dy, w) -> x`-shaped input gradient of a convolution from an `(h, w)` input.
+    Data { params: ConvParams, h: usize, w: usize },
+    /// `(x, w) -> y`, a convolution without bias.
+    Forward { params: ConvParams },
+    /// `(x, dy) -> [dw, db]` flattened, for a `k x k` kernel; with `transposed`, `db` is for a
+    /// transposed convolution from `dy` to `x`, so it sums `x` rather than `dy`.
+    Weight { params: ConvParams, k: usize, transposed: bool },
+}
+
+impl CustomOp2 for Pass {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Data { .. } => "facestudio-conv2d-backward-data",
+            Self::Forward { .. } => "facestudio-conv2d-forward",
+            Self::Weight { .. } => "facestudio-conv2d-backward-weight",
+        }
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        match *self {
+            Self::Data { params, h, w } => {
+                let (n, c_out, ..) = dims4(l1)?;
+                let (_, c_in, k, _) = dims4(l2)?;
+                let g = params.geometry((n, c_in, h, w), (c_out, c_in, k, k))?;
+                if (g.ho(), g.wo()) != (dims4(l1)?.2, dims4(l1)?.3) {
+                    candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
+                }
+                Ok((CpuStorage::F32(backward_data(&g, a, b, None)), Shape::from((n, c_in, h, w))))
+            }
+            Self::Forward { params } => {
+                let g = params.geometry(dims4(l1)?, dims4(l2)?)?;
+                Ok((CpuStorage::F32(forward(&g, a, b, None, None)), Shape::from((g.n, g.c_out, g.ho(), g.wo()))))
+            }
+            Self::Weight { params, k, transposed } => {
+                let x = dims4(l1)?;
+                let dy = dims4(l2)?;
+                let g = params.geometry(x, (dy.1, x.1, k, k))?;
+                if (g.n, g.ho(), g.wo()) != (dy.0, dy.2, dy.3) {
+                    candle_core::bail!("output gradient {dy:?} does not match {g:?}");
+                }
+                let (mut dw, db) = backward_weight(&g, a, b);
+                let db = if transposed { channel_sums(a, g.c_in, g.h * g.w) } else { db };
+                dw.extend_from_slice(&db);
+                let len = dw.len();
+                Ok((CpuStorage::F32(dw), Shape::from(len)))
+            }
+        }
+    }
+}
+
+/// `grad * (res > 0 ? 1 : slope)`: the gradient through a leaky ReLU from its output `res`.
+///
+/// The output has the input's sign for any positive slope, so the input need not be kept.
+struct LeakyGrad(f32);
+
+impl CustomOp2 for LeakyGrad {
+    fn name(&self) -> &'static str {
+        "facestudio-leaky-relu-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (grad, res) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        if grad.len() != res.len() {
+            candle_core::bail!("leaky ReLU gradient of {} values for {}", grad.len(), res.len());
+        }
+        let slope = self.0;
+        let mut out = vec![0f32; grad.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(i, out)| {
+            let at = i * ELEMENTWISE_CHUNK;
+            let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
+            for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
+                *o = if *r > 0.0 { *g } else { *g * slope };
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// A leaky ReLU of the given slope, differentiable.
+pub struct LeakyRelu(pub f32);
+
+impl CustomOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "facestudio-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = f32_slice(s, l)?;
+        let slope = self.0;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(i, out)| {
+            let xs = &xs[i * ELEMENTWISE_CHUNK..][..out.len()];
+            out.iter_mut().zip(xs).for_each(|(o, x)| *o = if *x > 0.0 { *x } else { *x * slope });
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &LeakyGrad(self.0))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| (Rng::keyed(seed, "ops", i as u64).uniform() * 2.0 - 1.0) as f32).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Output and gradients (input, weight, bias) of `f` under a fixed random linear loss.
+    fn run(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    ) -> (Tensor, Tensor, Tensor, Tensor) {
+        let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+        let out = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
+        let probe = random(out.dims(), 99);
+        let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = |v: &Var| grads.get(v.as_tensor()).expect("a gradient").clone();
+        (out, g(&xv), g(&wv), g(&bv))
+    }
+
+    fn assert_close(ours: (Tensor, Tensor, Tensor, Tensor), theirs: (Tensor, Tensor, Tensor, Tensor)) {
+        let names = ["output", "input gradient", "weight gradient", "bias gradient"];
+        let pairs = [(ours.0, theirs.0), (ours.1, theirs.1), (ours.2, theirs.2), (ours.3, theirs.3)];
+        for (name, (a, b)) in names.iter().zip(pairs) {
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let diff = max_diff(&a, &b);
+            assert!(diff <= 1e-4 * scale.max(1.0), "{name}: differs by {diff} (scale {scale})");
+        }
+    }
+
+    fn candle_leaky(xs: &Tensor, slope: Option<f64>) -> Tensor {
+        match slope {
+            Some(s) => candle_nn::ops::leaky_relu(xs, s).unwrap(),
+            None => xs.clone(),
+        }
+    }
+
+    fn check_conv(x: &[usize], w: &[usize], stride: usize, pad: usize, up: usize, slope: Option<f64>) {
+        let (xs, ws, bs) = (random(x, 1), random(w, 2), random(&w[..1], 3));
+        let params = ConvParams { stride, pad, up };
+        let ours = run(&xs, &ws, &bs, |x, w, b| {
+            x.apply_op3(w, b, Conv2d { params, slope: slope.map(|s| s as f32) }).unwrap()
+        });
+        let theirs = run(&xs, &ws, &bs, |x, w, b| {
+            let (_, _, h, wd) = x.dims4().unwrap();
+            let x = if up > 1 { x.upsample_nearest2d(h * up, wd * up).unwrap() } else { x.clone() };
+            let y = x.conv2d(w, pad, stride, 1, 1).unwrap();
+            candle_leaky(&y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(), slope)
+        });
+        assert_close(ours, theirs);
+    }
+
+    #[test]
+    fn strided_conv_matches_candle() {
+        check_conv(&[3, 2, 8, 8], &[5, 2, 4, 4], 2, 1, 1, None);
+        check_conv(&[2, 3, 7, 9], &[4, 3, 4, 4], 2, 1, 1, Some(0.2));
+        // More images than one group, so products over several images run too.
+        check_conv(&[9, 4, 4, 4], &[6, 4, 4, 4], 2, 1, 1, Some(0.2));
+    }
+
+    #[test]
+    fn same_conv_matches_candle() {
+        check_conv(&[3, 2, 6, 5], &[4, 2, 3, 3], 1, 1, 1, None);
+        check_conv(&[2, 3, 4, 4], &[2, 3, 3, 3], 1, 0, 1, Some(0.1));
+    }
+
+    #[test]
+    fn upsampled_conv_matches_candle() {
+        check_conv(&[3, 2, 4, 5], &[3, 2, 3, 3], 1, 1, 2, None);
+        check_conv(&[9, 3, 2, 2], &[4, 3, 3, 3], 1, 1, 2, Some(0.2));
+    }
+
+    fn check_transpose(x: &[usize], w: &[usize], stride: usize, pad: usize) {
+        let (xs, ws, bs) = (random(x, 4), random(w, 5), random(&w[1..2], 6));
+        let params = ConvParams { stride, pad, up: 1 };
+        let ours = run(&xs, &ws, &bs, |x, w, b| x.apply_op3(w, b, ConvTranspose2d { params }).unwrap());
+        let theirs = run(&xs, &ws, &bs, |x, w, b| {
+            let y = x.conv_transpose2d(w, pad, 0, stride, 1).unwrap();
+            y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap()
+        });
+        assert_close(ours, theirs);
+    }
+
+    #[test]
+    fn transposed_conv_matches_candle() {
+        check_transpose(&[3, 4, 4, 4], &[4, 2, 4, 4], 2, 1);
+        check_transpose(&[2, 3, 3, 5], &[3, 5, 4, 4], 2, 1);
+        check_transpose(&[40, 6, 2, 2], &[6, 3, 4, 4], 2, 1);
+        check_transpose(&[2, 3, 5, 5], &[3, 2, 3, 3], 1, 1);
+    }
+
+    #[test]
+    fn leaky_relu_matches_candle() {
+        let xs = Var::from_tensor(&random(&[3, 70_000], 7)).unwrap();
+        let probe = random(&[3, 70_000], 8);
+        let both = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let out = f(xs.as_tensor());
+            let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            (out, grads.get(xs.as_tensor()).unwrap().clone())
+        };
+        let ours = both(&|x| x.apply_op1(LeakyRelu(0.2)).unwrap());
+        let theirs = both(&|x| candle_nn::ops::leaky_relu(x, 0.2).unwrap());
+        assert!(max_diff(&ours.0, &theirs.0) < 1e-6);
+        assert!(max_diff(&ours.1, &theirs.1) < 1e-6);
+    }
+
+    #[test]
+    fn images_without_gradient_get_none() {
+        let (xs, w, b) = (random(&[2, 3, 8, 8], 1), Var::from_tensor(&random(&[4, 3, 4, 4], 2)).unwrap(), random(&[4], 3));
+        let params = ConvParams { stride: 2, pad: 1, up: 1 };
+        let out = xs.apply_op3(w.as_tensor(), &b, Conv2d { params, slope: Some(0.2) }).unwrap();
+        let grads = out.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&xs).is_none());
+        assert_eq!(grads.get(w.as_tensor()).unwrap().dims(), &[4, 3, 4, 4]);
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let params = ConvParams { stride: 2, pad: 1, up: 1 };
+        let op = || Conv2d { params, slope: None };
+        let (xs, b) = (random(&[1, 3, 8, 8], 1), random(&[4], 3));
+        assert!(xs.apply_op3(&random(&[4, 2, 4, 4], 2), &b, op()).is_err());
+        assert!(xs.apply_op3(&random(&[4, 3, 4, 4], 2), &random(&[5], 3), op()).is_err());
+        assert!(random(&[1, 3, 1, 1], 1).apply_op3(&random(&[4, 3, 4, 4], 2), &b, op()).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Fast CPU versions of the model's layers, as candle custom ops.
+//!
+//! candle's CPU backend runs a transposed convolution (and so every convolution's input
+//! gradient) as a direct loop, unfolds a convolution's input on one thread, and computes a
+//! gradient for the input images that nothing reads. The functions here take the same
+//! `candle_nn` layers and compute the same function with parallel matrix products (see
+//! [`conv`]). On other devices and dtypes, for settings the kernels do not cover (dilation,
+//! groups, output padding), and when [`Kernels::Candle`] is chosen, they run candle's own ops,
+//! so GPU builds use candle's GPU kernels.
+
+pub mod conv;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Conv2d, ConvTranspose2d};
+
+use self::conv::ConvParams;
+
+/// Which implementation the layers in this module run on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// The kernels of this module, for f32 tensors on the CPU.
+    Native,
+    /// candle's own ops everywhere, for comparison.
+    Candle,
+}
+
+/// The environment variable that picks [`Kernels::Candle`] when set to `candle`.
+pub const KERNELS_ENV: &str = "FACESTUDIO_KERNELS";
+
+static KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// The kernels in use: set by [`set_kernels`], else from [`KERNELS_ENV`], else native.
+pub fn kernels() -> Kernels {
+    match KERNELS.load(Ordering::Relaxed) {
+        1 => Kernels::Native,
+        2 => Kernels::Candle,
+        _ => {
+            let chosen = match std::env::var(KERNELS_ENV).as_deref() {
+                Ok("candle") => Kernels::Candle,
+                _ => Kernels::Native,
+            };
+            set_kernels(chosen);
+            chosen
+        }
+    }
+}
+
+/// Picks the kernels for every later call, process-wide.
+pub fn set_kernels(kernels: Kernels) {
+    let code = match kernels {
+        Kernels::Native => 1,
+        Kernels::Candle => 2,
+    };
+    KERNELS.store(code, Ordering::Relaxed);
+}
+
+fn native(xs: &Tensor) -> bool {
+    kernels() == Kernels::Native && xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+fn bias_or_zeros(bias: Option<&Tensor>, channels: usize, like: &Tensor) -> Result<Tensor> {
+    match bias {
+        Some(b) => b.contiguous(),
+        None => Tensor::zeros(channels, like.dtype(), like.device()),
+    }
+}
+
+/// `layer(nearest_upsample(xs, scale))`, followed by a leaky ReLU of `slope` when given.
+///
+/// `xs` is `(n, c_in, h, w)`; the result is `(n, c_out, ho, wo)` for the layer's stride and
+/// padding applied to a `(scale h, scale w)` image, which the native kernel never builds.
+pub fn upsample_conv2d(xs: &Tensor, scale: usize, layer: &Conv2d, slope: Option<f64>) -> Result<Tensor> {
+    let cfg = layer.config();
+    if !native(xs) || cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
+        let (_, _, h, w) = xs.dims4()?;
+        let up = if scale == 1 { xs.clone() } else { xs.upsample_nearest2d(h * scale, w * scale)? };
+        let ys = layer.forward(&up)?;
+        return match slope {
+            Some(s) => candle_nn::ops::leaky_relu(&ys, s),
+            None => Ok(ys),
+        };
+    }
+    let weight = layer.weight().contiguous()?;
+    let bias = bias_or_zeros(layer.bias(), weight.dim(0)?, xs)?;
+    let params = ConvParams { stride: cfg.stride, pad: cfg.padding, up: scale };
+    let op = conv::Conv2d { params, slope: slope.map(|s| s as f32) };
+    xs.contiguous()?.apply_op3(&weight, &bias, op)
+}
+
+/// `layer(xs)` for a convolution, followed by a leaky ReLU of `slope` when given.
+pub fn conv2d(xs: &Tensor, layer: &Conv2d, slope: Option<f64>) -> Result<Tensor> {
+    upsample_conv2d(xs, 1, layer, slope)
+}
+
+/// `layer(xs)` for a transposed convolution.
+pub fn conv_transpose2d(xs: &Tensor, layer: &ConvTranspose2d) -> Result<Tensor> {
+    let cfg = layer.config();
+    if !native(xs) || cfg.dilation != 1 || cfg.output_padding != 0 {
+        return layer.forward(xs);
+    }
+    let weight = layer.weight().contiguous()?;
+    let bias = bias_or_zeros(layer.bias(), weight.dim(1)?, xs)?;
+    let params = ConvParams { stride: cfg.stride, pad: cfg.padding, up: 1 };
+    xs.contiguous()?.apply_op3(&weight, &bias, conv::ConvTranspose2d { params })
+}
+
+/// A leaky ReLU, as [`candle_nn::ops::leaky_relu`] but in one pass each way on the CPU.
+pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
+    if !native(xs) || slope <= 0.0 {
+        return candle_nn::ops::leaky_relu(xs, slope);
+    }
+    xs.contiguous()?.apply_op1(conv::LeakyRelu(slope as f32))
+}

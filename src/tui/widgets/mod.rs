@@ -1,0 +1,3 @@
+//! Widgets of the studio that ratatui does not have.
+
+pub mod halfblock;

@@ -1,0 +1,230 @@
+//! The real binary in tmux: the studio trains and answers keys, quits cleanly, and `watch`
+//! follows a run whose writer is killed and resumed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_facestudio"))
+}
+
+fn have_tmux() -> bool {
+    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+}
+
+/// A small, fast configuration: 32 px synthetic faces, a 16-d latent, a step logged each time.
+fn write_config(dir: &Path) {
+    let text = r#"
+[data]
+synthetic_count = 384
+cache_dir = ""
+
+[model]
+image_size = 32
+widths = [16, 32, 64]
+latent = 16
+
+[train]
+batch_size = 32
+lr = 2e-3
+kl_warmup_steps = 50
+steps = 100000
+log_every = 1
+val_every = 20
+sample_every = 20
+checkpoint_every = 10
+device = "cpu"
+"#;
+    std::fs::write(dir.join("facestudio.toml"), text).unwrap();
+}
+
+/// A tmux server of its own, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(name: &str, dir: &Path, command: &str) -> Self {
+        let socket = format!("fs-{name}-{}", std::process::id());
+        let t = Self { socket };
+        // The shell prints a marker and stays, so the pane shows what the studio left behind.
+        let script = format!(
+            "cd '{}' && env -u NO_COLOR XDG_CACHE_HOME='{}/.cache' {command}; echo STUDIO-EXITED-$?; sleep 600",
+            dir.display(),
+            dir.display()
+        );
+        let ok = t
+            .cmd(&["new-session", "-d", "-x", "100", "-y", "30", "sh", "-c", &script])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux did not start");
+        t
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]).args(args);
+        c
+    }
+
+    fn capture(&self) -> String {
+        let out = self.cmd(&["capture-pane", "-p"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.cmd(&["send-keys", k]).status().unwrap();
+            // Apart, so that Esc followed by a key is not read as Alt+key.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn alternate_on(&self) -> String {
+        let out = self.cmd(&["display", "-p", "#{alternate_on}"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until `pred` holds for the pane, returning that screen.
+    fn wait_for(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]).status();
+    }
+}
+
+/// The step in the status bar (`│ step N/M │`).
+fn status_step(screen: &str) -> Option<u64> {
+    let line = screen.lines().rev().find(|l| l.contains("│ step "))?;
+    let rest = line.split("│ step ").nth(1)?;
+    rest.split('/').next()?.trim().parse().ok()
+}
+
+fn status_state(dir: &Path, run: &str) -> String {
+    let path = dir.join("runs").join(run).join("status.json");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn studio_trains_answers_keys_and_quits_cleanly() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let tmux = Tmux::start("studio", dir.path(), &format!("'{}' --run e2e", bin().display()));
+
+    let first = tmux.wait_for("the dashboard with a step", 120, |s| {
+        s.contains("2 Training") && s.contains("progress") && status_step(s).is_some_and(|n| n > 0)
+    });
+    let step1 = status_step(&first).unwrap();
+    let later = tmux.wait_for("the step to rise", 60, |s| status_step(s).is_some_and(|n| n > step1 + 2));
+    assert!(later.contains("hyperparameters") && later.contains("losses"), "{later}");
+
+    tmux.keys(&["3"]);
+    tmux.wait_for("the gallery", 10, |s| s.contains("the same faces"));
+    tmux.keys(&["1"]);
+    tmux.wait_for("the data set screen", 10, |s| s.contains("data set") && s.contains("held-out share"));
+    tmux.keys(&["2", "?"]);
+    tmux.wait_for("the help", 10, |s| s.contains("keys · Training") && s.contains("t / T"));
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the help to close", 10, |s| !s.contains("keys · Training"));
+
+    tmux.keys(&["Space"]);
+    tmux.wait_for("the paused state", 30, |s| s.contains("│ paused │"));
+    assert_eq!(status_state(dir.path(), "e2e"), "paused");
+
+    tmux.keys(&["q"]);
+    tmux.wait_for("the quit dialog", 10, |s| s.contains("Stop training (saves a checkpoint)"));
+    tmux.keys(&["s"]);
+    let end = tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));
+    assert!(end.contains("training stopped at step"), "{end}");
+    assert!(!end.contains("progress"), "the dashboard is still on screen:\n{end}");
+    assert_eq!(tmux.alternate_on(), "0");
+    assert_eq!(status_state(dir.path(), "e2e"), "stopped");
+    assert!(dir.path().join("runs/e2e/studio.log").is_file());
+}
+
+fn start_writer(dir: &Path, resume: bool) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.args(["train", "--headless", "--run", "r"]).current_dir(dir).env("XDG_CACHE_HOME", dir.join(".cache"));
+    if resume {
+        cmd.arg("--resume");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+fn wait_until(what: &str, secs: u64, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn watch_follows_a_writer_through_a_kill_and_a_resume() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let mut writer = start_writer(dir.path(), false);
+    let run = dir.path().join("runs/r");
+    wait_until("the run to log steps", 120, || run.join("metrics.jsonl").metadata().is_ok_and(|m| m.len() > 0));
+
+    let tmux = Tmux::start("watch", dir.path(), &format!("'{}' watch runs/r", bin().display()));
+    let first = tmux.wait_for("the watcher to show a running step", 60, |s| {
+        s.contains("│ running │") && status_step(s).is_some_and(|n| n > 0)
+    });
+    let step1 = status_step(&first).unwrap();
+    tmux.wait_for("the watcher's step to rise", 60, |s| status_step(s).is_some_and(|n| n > step1));
+
+    // Kill the writer hard once it has a checkpoint to resume from.
+    wait_until("a checkpoint", 120, || {
+        std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| d.count() > 0)
+    });
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let dead = tmux.wait_for("the watcher to notice the writer is gone", 30, |s| s.contains("no trainer"));
+    let step_dead = status_step(&dead).unwrap();
+
+    let mut writer = start_writer(dir.path(), true);
+    let resumed = tmux.wait_for("the watcher to follow the resumed writer", 120, |s| {
+        s.contains("│ running │") && status_step(s).is_some_and(|n| n > step_dead)
+    });
+    let step2 = status_step(&resumed).unwrap();
+    tmux.wait_for("the step to rise after the resume", 60, |s| status_step(s).is_some_and(|n| n > step2));
+
+    // Leave the watcher; the writer keeps training.
+    tmux.keys(&["q"]);
+    tmux.wait_for("the quit dialog", 10, |s| s.contains("Detach"));
+    tmux.keys(&["d"]);
+    let end = tmux.wait_for("the watcher to exit", 30, |s| s.contains("STUDIO-EXITED-0"));
+    assert!(end.contains("reattach with `facestudio watch runs/r`"), "{end}");
+    assert_eq!(tmux.alternate_on(), "0");
+    assert!(writer.try_wait().unwrap().is_none(), "detaching the watcher stopped the writer");
+    // SAFETY: a signal to the writer this test started.
+    unsafe { libc::kill(writer.id() as libc::pid_t, libc::SIGTERM) };
+    writer.wait().unwrap();
+}
