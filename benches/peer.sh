@@ -4,6 +4,7 @@
 #
 # usage: benches/peer.sh [--rounds N] [--steps N] [--warmup N] [--quick] [--threads N]
 #                        [--kernels native|candle] [--upsample transpose|nearest] [--no-build]
+#                        [--omp-wait auto|default|passive|active]
 #
 # The last line reads `train_ratio=X decode_ratio=Y rss_ratio=Z`: facestudio over PyTorch, medians
 # over the rounds (above 1 is faster for the throughputs; below 1 is leaner for the RSS).
@@ -15,7 +16,7 @@ die() {
 }
 
 usage() {
-    sed -n '5,6p' "$0" | sed 's/^# //'
+    sed -n '5,7p' "$0" | sed 's/^# //'
     exit "${1:-0}"
 }
 
@@ -26,6 +27,7 @@ threads=2
 kernels=native
 upsample=transpose
 build=1
+omp_wait=auto
 shape_args=(--batch 64 --size 64 --latent 128 --widths 32,64,128,256)
 
 need() {
@@ -40,6 +42,7 @@ while [[ $# -gt 0 ]]; do
         --threads) need "$@"; threads=$2; shift 2 ;;
         --kernels) need "$@"; kernels=$2; shift 2 ;;
         --upsample) need "$@"; upsample=$2; shift 2 ;;
+        --omp-wait) need "$@"; omp_wait=$2; shift 2 ;;
         --quick) rounds=1; steps=3; warmup=1; shift ;;
         --no-build) build=0; shift ;;
         -h | --help) usage 0 ;;
@@ -52,6 +55,10 @@ done
 [[ $warmup =~ ^[0-9]+$ ]] || die "--warmup must be a whole number, got $warmup"
 [[ $kernels == native || $kernels == candle ]] || die "--kernels is native or candle"
 [[ $upsample == transpose || $upsample == nearest ]] || die "--upsample is transpose or nearest"
+case $omp_wait in
+    auto | default | passive | active) ;;
+    *) die "--omp-wait is auto, default, passive or active" ;;
+esac
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -107,16 +114,31 @@ run_rust() {
 }
 
 run_torch() {
-    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads "$py" "$peer/torch_vae.py" bench \
+    local env=(OMP_NUM_THREADS="$threads" MKL_NUM_THREADS="$threads")
+    if [[ $omp_wait == default ]]; then
+        env+=(PEER_OMP_WAIT=default)
+    else
+        env+=(OMP_WAIT_POLICY="${omp_wait^^}")
+    fi
+    env "${env[@]}" "$py" "$peer/torch_vae.py" bench \
         --threads "$threads" --upsample "$upsample" --steps "$1" --warmup "$2" \
         "${shape_args[@]}" | grep '^side=pytorch' || die "the PyTorch peer printed no result line"
 }
 
 read -r load _ </proc/loadavg
+busy=0
+awk -v l="$load" 'BEGIN { exit !(l > 0.5) }' && busy=1
+# OpenMP threads that spin at barriers lose several times more than rayon's on shared cores.
+if [[ $omp_wait == auto ]]; then
+    omp_wait=default
+    ((busy)) && omp_wait=passive
+fi
 echo "== $(nproc) CPUs, load average $load; $threads threads a side, $rounds round(s) of" \
-    "$steps steps (+$warmup warm-up), upsample=$upsample, facestudio kernels=$kernels" >&2
-if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
-    echo "warning: other processes are using the CPUs (load $load): the figures will be noisy" >&2
+    "$steps steps (+$warmup warm-up), upsample=$upsample, facestudio kernels=$kernels," \
+    "OpenMP wait policy $omp_wait" >&2
+if ((busy)); then
+    echo "warning: other processes are using the CPUs (load $load): the figures will be noisy;" \
+        "measure on a quiet machine" >&2
 fi
 echo "== warm-up round (not counted)" >&2
 run_rust 1 0 >/dev/null

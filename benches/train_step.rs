@@ -99,8 +99,10 @@ fn forward_flops(config: &ModelConfig, channels: usize) -> f64 {
     }
     let features = c * side * side;
     flops += 2.0 * 3.0 * (features * config.latent) as f64;
+    // Taps per output pixel: a stride-2 transposed convolution with a 4x4 kernel spreads each
+    // input pixel over 16 outputs, which is 4 taps per output pixel.
     let k = match config.upsample {
-        Upsample::Transpose => 16,
+        Upsample::Transpose => 4,
         Upsample::Nearest => 9,
     };
     for i in (0..config.widths.len()).rev() {

@@ -508,16 +508,35 @@ fn flatten(value: &toml::Value) -> Vec<(String, String)> {
 /// The file is read afresh just before the write, so an edit made meanwhile in an editor is
 /// kept; the result is validated before it replaces the file.
 pub fn edit_file(path: &Path, key: &str, value: toml_edit::Item) -> Result<(), ConfigError> {
+    edit_file_checked(path, key, value, |_| Ok(()))
+}
+
+/// Like [`edit_file`], but first asks `check` about the file as it is now, so that a value
+/// changed in an editor since the caller last read it is not silently overwritten: `check`
+/// returns the reason to refuse.
+pub fn edit_file_checked(
+    path: &Path,
+    key: &str,
+    value: toml_edit::Item,
+    check: impl Fn(&Config) -> Result<(), String>,
+) -> Result<(), ConfigError> {
     let err = |message: String| ConfigError { file: path.to_path_buf(), key: Some(key.to_string()), line: None, message };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(err(format!("cannot read: {e}"))),
     };
+    let now = Config::from_toml(&text, path)?;
+    check(&now).map_err(err)?;
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| err(format!("cannot parse: {e}")))?;
     let (table, leaf) = key.split_once('.').ok_or_else(|| err("expected a `section.key`".into()))?;
     if !doc.contains_key(table) {
         doc[table] = toml_edit::table();
+    }
+    let mut value = value;
+    // Keep the comment that trails the old value on its line, and its spacing.
+    if let (Some(old), Some(new)) = (doc[table][leaf].as_value(), value.as_value_mut()) {
+        *new.decor_mut() = old.decor().clone();
     }
     doc[table][leaf] = value;
     let new_text = doc.to_string();

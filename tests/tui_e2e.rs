@@ -228,3 +228,57 @@ fn watch_follows_a_writer_through_a_kill_and_a_resume() {
     unsafe { libc::kill(writer.id() as libc::pid_t, libc::SIGTERM) };
     writer.wait().unwrap();
 }
+
+#[test]
+fn a_beta_edit_in_the_config_file_reaches_the_screen_and_the_metrics() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let tmux = Tmux::start("beta", dir.path(), &format!("'{}' --run beta", bin().display()));
+    tmux.wait_for("training past the KL warm-up", 180, |s| status_step(s).is_some_and(|n| n > 55));
+
+    // As a user would from another shell: change beta in the config file in use.
+    let saved = Instant::now();
+    let status = Command::new("sed")
+        .args(["-i", "s/^kl_warmup_steps = 50$/kl_warmup_steps = 50\\nbeta = 0.25/", "facestudio.toml"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(std::fs::read_to_string(dir.path().join("facestudio.toml")).unwrap().contains("beta = 0.25"));
+
+    let metrics = dir.path().join("runs/beta/metrics.jsonl");
+    wait_until("the new beta in metrics.jsonl", 60, || {
+        std::fs::read_to_string(&metrics).unwrap_or_default().contains(r#""key":"train.beta","value":"0.25""#)
+    });
+    eprintln!("beta took effect {:.2} s after the save", saved.elapsed().as_secs_f64());
+    let screen = tmux.wait_for("the new beta on screen", 30, |s| {
+        let beta_shown = s.lines().any(|l| l.split("beta").skip(1).any(|r| r.trim_start().starts_with("0.25")));
+        s.contains("picked up by the") && beta_shown
+    });
+    assert!(screen.contains("train.beta"), "{screen}");
+
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let from: u64 = text
+        .lines()
+        .find(|l| l.contains(r#""key":"train.beta""#))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["step"].as_u64())
+        .expect("a setting record with its step");
+    let betas: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("beta").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["beta"].as_f64().unwrap()))
+        .collect();
+    assert!(betas.iter().any(|&(step, _)| step >= from), "no step logged after the change");
+    for (step, beta) in betas {
+        let want = if step >= from { 0.25 } else if step >= 50 { 1.0 } else { beta };
+        assert!((beta - want).abs() < 1e-9, "step {step}: beta {beta}, expected {want}");
+    }
+    tmux.keys(&["q", "s"]);
+    tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));
+}

@@ -24,10 +24,28 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+def _omp_wait_policy():
+    """Spinning OpenMP threads lose several times more than rayon's on busy cores: unless told
+    otherwise (OMP_WAIT_POLICY, or PEER_OMP_WAIT=default), they sleep when the load is high."""
+    if "OMP_WAIT_POLICY" in os.environ or os.environ.get("PEER_OMP_WAIT") == "default":
+        return
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    if load > 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        print(f"peer: load average {load:.2f}, so OMP_WAIT_POLICY=PASSIVE "
+              "(PEER_OMP_WAIT=default keeps PyTorch's own)", file=sys.stderr)
+
+
+_omp_wait_policy()
+
+import numpy as np  # noqa: E402 - OpenMP reads its wait policy when torch loads it
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 # Slope of the leaky ReLU used between convolutions (src/model.rs, LEAK).
 LEAK = 0.2
@@ -265,7 +283,7 @@ def forward_flops(size, widths, latent, upsample, channels=3):
         c = w
     features = c * side * side
     flops += 2.0 * 3.0 * (features * latent)
-    k = 16 if upsample == "transpose" else 9
+    k = 4 if upsample == "transpose" else 9  # taps per output pixel
     for i in reversed(range(len(widths))):
         out = channels if i == 0 else widths[i - 1]
         side *= 2
@@ -409,7 +427,7 @@ def facestudio_cache_dir(configured):
     return Path(home) / ".cache" / "facestudio" if home else None
 
 
-def read_cache(path, count, channels, size):
+def read_cache(path, channels, size):
     """Pixels (N, C, H, W) u8 and labels of a facestudio cache file, or None."""
     try:
         raw = path.read_bytes()
@@ -528,7 +546,7 @@ def load_folder(root, size, crop, cache_dir, decode, workers):
     if decode in ("auto", "cache"):
         folder = facestudio_cache_dir(cache_dir)
         key = cache_key(root, entries, size, 3, crop)
-        found = read_cache(folder / f"{key}.fsc", len(entries), 3, size) if folder else None
+        found = read_cache(folder / f"{key}.fsc", 3, size) if folder else None
         if found is not None:
             print(f"data: {len(found[1])} images from facestudio's cache {key}.fsc",
                   file=sys.stderr)

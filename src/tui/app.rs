@@ -12,6 +12,7 @@ use ratatui::widgets::{Block, Clear, Paragraph, Widget, Wrap};
 use super::follow::RunData;
 use super::screens::datasets::{self, DatasetsScreen};
 use super::screens::gallery::{self, GalleryScreen};
+use super::screens::hyper::Edit;
 use super::screens::training::{self, TrainingScreen};
 use super::screens::{contains, key, KeyHelp};
 use super::theme::Theme;
@@ -100,7 +101,7 @@ pub enum Overlay {
 }
 
 /// What the event loop must do after a key or click.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Nothing beyond redrawing.
     None,
@@ -114,6 +115,8 @@ pub enum Action {
     Detach,
     /// Stop the trainer, wait for it to finish, then quit.
     Stop,
+    /// Write a setting to the run's config file (the trainer picks it up from there).
+    Edit(Edit),
 }
 
 /// How serious a status-line message is.
@@ -153,6 +156,10 @@ pub struct App {
     pub stopping: Option<Instant>,
     /// Whether something changed since the last draw.
     pub dirty: bool,
+    /// A setting this studio wrote, until the trainer reports it in force: key, value, when.
+    pub awaiting: Option<(String, f64, Instant)>,
+    /// The UI settings last taken from the run's config, to notice when they change.
+    pub ui_seen: Option<crate::config::UiConfig>,
     tabs: Vec<(Screen, Rect)>,
 }
 
@@ -173,6 +180,8 @@ impl App {
             controls: true,
             stopping: None,
             dirty: true,
+            awaiting: None,
+            ui_seen: None,
             tabs: Vec::new(),
         }
     }
@@ -226,6 +235,10 @@ impl App {
             }
             None => {}
         }
+        if self.screen == Screen::Training && self.training.captures_keys(&key) && !ctrl {
+            self.training.on_key(key, &self.data);
+            return self.take_edit();
+        }
         if (ctrl && key.code == KeyCode::Char('c')) || key.code == KeyCode::Char('q') {
             return self.quit();
         }
@@ -242,10 +255,23 @@ impl App {
             KeyCode::Char('r') if self.screen == Screen::Training => return self.command("rollback 0.1"),
             _ if self.screen == Screen::Training => {
                 self.training.on_key(key, &self.data);
+                return self.take_edit();
             }
             _ => {}
         }
         Action::None
+    }
+
+    /// The edit the training screen finished, if any, as an action; only for a live studio.
+    fn take_edit(&mut self) -> Action {
+        match self.training.edit.take() {
+            Some(_) if !self.controls => {
+                self.say("this studio shows a finished model; there is no run to tune", Tone::Error);
+                Action::None
+            }
+            Some(edit) => Action::Edit(edit),
+            None => Action::None,
+        }
     }
 
     /// `pause`, or `resume` when the trainer is paused or stopped by a problem.

@@ -70,6 +70,8 @@ pub struct RunData {
     pub alive: bool,
     /// The last validation step announced in the log, so a re-read does not repeat it.
     pub val_logged: u64,
+    /// Why the run's config file could not be read at its last change, until it reads again.
+    pub config_error: Option<String>,
 }
 
 impl RunData {
@@ -272,7 +274,8 @@ impl RunFollower {
         self.log_offset = offset;
         let mut changed = false;
         for line in lines {
-            if let Some(parsed) = parse_log_line(&line) {
+            // Validation lines come from metrics.jsonl, with more detail; not twice.
+            if let Some(parsed) = parse_log_line(&line).filter(|l| !l.text.starts_with("validation at step ")) {
                 data.push_log(parsed);
                 changed = true;
             }
@@ -299,11 +302,13 @@ impl RunFollower {
         match Config::load(&path) {
             Ok(config) => {
                 data.config = Some(config);
+                data.config_error = None;
                 true
             }
             Err(e) => {
                 tracing::warn!("{e}");
-                false
+                data.config_error = Some(e.to_string());
+                true
             }
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod follow;
+mod live;
 pub mod screens;
 pub mod series;
 pub mod terminal;
@@ -85,6 +86,28 @@ struct Session {
     follower: Option<RunFollower>,
     child: Option<Child>,
     fps: f64,
+    watch: Watched,
+}
+
+/// Files the studio itself watches: the config file it was started with and the themes.
+#[derive(Default)]
+struct Watched {
+    /// The user's config file and the settings last read from it.
+    config: Option<(PathBuf, Config)>,
+    /// Settled changes to that file.
+    config_rx: Option<crate::reload::FileWatcher>,
+    /// Settled changes in `themes/`.
+    themes_rx: Option<crate::reload::FileWatcher>,
+}
+
+impl Watched {
+    /// Watches `config` (when there is a file) and the `themes/` folder (when there is one).
+    fn new(config: Option<(PathBuf, Config)>) -> Self {
+        let config_rx = config.as_ref().and_then(|(p, _)| crate::reload::FileWatcher::new(&[p.clone()]).ok());
+        let themes = Path::new("themes");
+        let themes_rx = themes.is_dir().then(|| crate::reload::FileWatcher::folder(themes, "toml").ok()).flatten();
+        Self { config, config_rx, themes_rx }
+    }
 }
 
 /// Runs the studio until the user quits.
@@ -108,7 +131,7 @@ pub fn run(opts: StudioOptions) -> Result<()> {
 fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
     match &opts.mode {
         Mode::Train { args } => {
-            let (config, _) = crate::cli::effective_config(args)?;
+            let (config, config_path) = crate::cli::effective_config(args)?;
             let run = crate::cli::run_dir(args.run.as_deref(), args.resume)?;
             let theme = Theme::choose(opts.theme.as_deref(), &config.ui.theme)?;
             let log = run.root.join("studio.log");
@@ -119,7 +142,8 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             data.config = Some(config.clone());
             let app = App::new(data, theme, config.ui.smoothing);
             let follower = Some(RunFollower::new(&run.root));
-            Ok((Session { app, follower, child: Some(child), fps: config.ui.fps }, log))
+            let watch = Watched::new(config_path.map(|p| (p, config.clone())));
+            Ok((Session { app, follower, child: Some(child), fps: config.ui.fps, watch }, log))
         }
         Mode::Watch { run } => {
             let config = Config::load(&RunDir::new(run).config()).ok();
@@ -132,7 +156,7 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             data.config = config;
             let app = App::new(data, theme, ui.smoothing);
             let follower = Some(RunFollower::new(run));
-            Ok((Session { app, follower, child: None, fps: ui.fps }, log))
+            Ok((Session { app, follower, child: None, fps: ui.fps, watch: Watched::new(None) }, log))
         }
         Mode::Gallery { model } => prepare_gallery(model, opts.theme.as_deref()),
     }
@@ -165,7 +189,7 @@ fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)
     app.sample = widgets::halfblock::SampleView::from_image(grid);
     app.gallery.caption = Some(format!("model {spec} · step {} · seed {seed}", loaded.meta.step));
     let follower = run_root.map(RunFollower::new);
-    Ok((Session { app, follower, child: None, fps: config.ui.fps }, log))
+    Ok((Session { app, follower, child: None, fps: config.ui.fps, watch: Watched::new(None) }, log))
 }
 
 /// Starts `facestudio train --headless` for `run` in a session of its own, its output
@@ -272,8 +296,10 @@ fn tick(s: &mut Session) -> Option<Exit> {
         if f.poll(&mut s.app.data) {
             s.app.sync_sample();
             s.app.dirty = true;
+            live::after_poll(&mut s.app);
         }
     }
+    live::watch_files(&mut s.app, &mut s.watch);
     if let Some(child) = &mut s.child {
         if let Ok(Some(status)) = child.try_wait() {
             s.child = None;
@@ -326,6 +352,7 @@ fn perform(term: &mut Term, s: &mut Session, action: Action) -> Result<Option<Ex
             tracing::info!("sent `{cmd}`");
         }
         Action::Stop => stop(s, &run),
+        Action::Edit(edit) => live::write_edit(&mut s.app, &run, &edit),
     }
     Ok(None)
 }

@@ -3,6 +3,7 @@
 
 pub mod datasets;
 pub mod gallery;
+pub mod hyper;
 pub mod training;
 
 use ratatui::layout::Rect;

@@ -8,6 +8,7 @@ use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Chart, Dataset, Gauge, GraphType, Paragraph, Sparkline, Widget, Wrap};
 
+use super::hyper::{Edit, HyperEditor};
 use super::{contains, field, key, panel, KeyHelp};
 use crate::cli::format_duration;
 use crate::tui::follow::{LogLevel, RunData};
@@ -49,9 +50,11 @@ impl Panel {
 }
 
 /// The keys of the training screen.
-pub const KEYS: [KeyHelp; 8] = [
+pub const KEYS: [KeyHelp; 10] = [
     key("t / T", "next / previous series on the chart"),
-    key("+ / -", "more / less smoothing of the chart"),
+    key("+ / -", "more / less smoothing (chart); change a setting (hyperparameters)"),
+    key("j k / e", "hyperparameters: pick a setting / type a value"),
+    key("Enter / Esc", "hyperparameters: apply the change / cancel it"),
     key("v", "show / hide validation on the chart"),
     key("h l ← →", "focus the previous / next panel"),
     key("j k ↓ ↑", "scroll the log, or change series (chart)"),
@@ -73,6 +76,10 @@ pub struct TrainingScreen {
     pub focus: Panel,
     /// Log lines scrolled back from the newest (0 follows new lines).
     pub log_scroll: usize,
+    /// The hyperparameter editor.
+    pub hyper: HyperEditor,
+    /// An edit the editor finished, for the event loop to write.
+    pub edit: Option<Edit>,
     panels: Vec<(Panel, Rect)>,
 }
 
@@ -85,6 +92,8 @@ impl TrainingScreen {
             show_val: true,
             focus: Panel::Chart,
             log_scroll: 0,
+            hyper: HyperEditor::default(),
+            edit: None,
             panels: Vec::new(),
         }
     }
@@ -97,6 +106,15 @@ impl TrainingScreen {
 
     /// Answers a key of this screen; false when it is not one.
     pub fn on_key(&mut self, key: KeyEvent, data: &RunData) -> bool {
+        if self.focus == Panel::Hyper {
+            let (used, edit) = self.hyper.on_key(key, data.config.as_ref());
+            if edit.is_some() {
+                self.edit = edit;
+            }
+            if used {
+                return true;
+            }
+        }
         let log_max = data.log.len().saturating_sub(1);
         match key.code {
             KeyCode::Char('t') => self.series = self.series.cycle(true),
@@ -249,10 +267,22 @@ impl TrainingScreen {
         }
     }
 
+    /// Whether keys should reach this screen before the global ones (a value is being typed).
+    pub fn captures_keys(&self, key: &KeyEvent) -> bool {
+        self.focus == Panel::Hyper
+            && (self.hyper.typing() || (self.hyper.editing() && matches!(key.code, KeyCode::Esc | KeyCode::Enter)))
+    }
+
     fn render_hyper(&self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme) {
-        let block = panel("hyperparameters", self.focus == Panel::Hyper, theme);
+        let focused = self.focus == Panel::Hyper;
+        let title = if focused { "hyperparameters · edit" } else { "hyperparameters" };
+        let block = panel(title, focused, theme);
         let inner = block.inner(area);
         block.render(area, buf);
+        if focused {
+            self.hyper.render(inner, buf, data.config.as_ref(), true, theme);
+            return;
+        }
         let entries = hyper_entries(data);
 
         if inner.height as usize >= entries.len() {
