@@ -204,6 +204,7 @@ fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result
 }
 
 fn main() -> anyhow::Result<()> {
+    facestudio::device::tune_cpu_threads();
     let args = parse_args();
     for &upsample in &args.upsample {
         for &kernels in &args.kernels {

@@ -19,7 +19,17 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn spawn_trainer(dir: &Path, steps: u64) -> Child {
+/// A trainer process, killed when dropped so that a failed test leaves nothing running.
+struct Trainer(Child);
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_trainer(dir: &Path, steps: u64) -> Trainer {
     Command::new(common::bin())
         .args(["train", "--headless", "--run", "r", "--steps", &steps.to_string()])
         .current_dir(dir)
@@ -27,6 +37,7 @@ fn spawn_trainer(dir: &Path, steps: u64) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Trainer)
         .unwrap()
 }
 
@@ -91,7 +102,7 @@ fn a_live_learning_rate_edit_applies_and_a_bad_one_is_rejected() {
     });
 
     assert_eq!(facestudio::control::send(&run, "stop").unwrap(), "ok stop");
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success());
     let (records, torn) = read_metrics(&run.metrics()).unwrap();
     assert_eq!(torn, 0);

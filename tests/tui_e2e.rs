@@ -39,15 +39,16 @@ device = "cpu"
     std::fs::write(dir.join("facestudio.toml"), text).unwrap();
 }
 
-/// A tmux server of its own, killed when dropped.
+/// A tmux server of its own, killed when dropped with the trainers it left running.
 struct Tmux {
     socket: String,
+    dir: PathBuf,
 }
 
 impl Tmux {
     fn start(name: &str, dir: &Path, command: &str) -> Self {
         let socket = format!("fs-{name}-{}", std::process::id());
-        let t = Self { socket };
+        let t = Self { socket, dir: dir.to_path_buf() };
         // The shell prints a marker and stays, so the pane shows what the studio left behind.
         let script = format!(
             "cd '{}' && env -u NO_COLOR XDG_CACHE_HOME='{}/.cache' {command}; echo STUDIO-EXITED-$?; sleep 600",
@@ -104,6 +105,15 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]).status();
+        // A detached trainer runs in a session of its own; a failed test must not leave it.
+        let runs = std::fs::read_dir(self.dir.join("runs")).into_iter().flatten().flatten();
+        for run in runs {
+            let text = std::fs::read_to_string(run.path().join("status.json")).unwrap_or_default();
+            let pid = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["pid"].as_u64());
+            if let Some(pid) = pid.filter(|&p| p > 1) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
     }
 }
 

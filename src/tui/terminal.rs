@@ -89,7 +89,38 @@ fn install_panic_hook(log: PathBuf) {
     }));
 }
 
+/// How long the event loop gets to act on a signal before the studio ends without it.
+const SIGNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Ends the process when a signal has been pending for [`SIGNAL_GRACE`] while the terminal is
+/// still held. After a hang-up the terminal's input can report readiness forever, and a read
+/// of it can then spin inside crossterm without returning to the event loop; the trainer is
+/// in a session of its own, so it carries on.
+fn spawn_signal_watchdog() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let watchdog = std::thread::Builder::new().name("signal-watchdog".into()).spawn(|| {
+        let mut since: Option<std::time::Instant> = None;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let Some(sig) = pending_signal() else { continue };
+            let first = *since.get_or_insert_with(std::time::Instant::now);
+            if first.elapsed() >= SIGNAL_GRACE && ACTIVE.load(Ordering::SeqCst) {
+                tracing::warn!("signal {sig} not handled within {SIGNAL_GRACE:?}; leaving now");
+                restore();
+                std::process::exit(128 + sig);
+            }
+        }
+    });
+    if let Err(e) = watchdog {
+        tracing::warn!("no signal watchdog: {e}");
+    }
+}
+
 fn install_signal_handlers() {
+    spawn_signal_watchdog();
     let handler: extern "C" fn(libc::c_int) = on_signal;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
