@@ -33,9 +33,39 @@ pub fn is_image(path: &Path) -> bool {
         .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// Lists the image files under `root`, recursively, sorted by path. Unreadable folders are
-/// reported in the second list.
+/// The list of excluded images in a data set folder: one path relative to the folder a line.
+pub const EXCLUDE_FILE: &str = ".facestudio-exclude";
+
+/// The images of `root` excluded from training (empty when there is no list).
+pub fn read_excluded(root: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let text = std::fs::read_to_string(root.join(EXCLUDE_FILE)).unwrap_or_default();
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(PathBuf::from).collect()
+}
+
+/// Writes the exclusion list of `root` atomically.
+pub fn write_excluded(root: &Path, excluded: &std::collections::BTreeSet<PathBuf>) -> std::io::Result<()> {
+    let mut text = String::from("# images left out of training by facestudio; one path a line\n");
+    for p in excluded {
+        text.push_str(&p.to_string_lossy());
+        text.push('\n');
+    }
+    crate::run::atomic_write(&root.join(EXCLUDE_FILE), text.as_bytes())
+}
+
+/// Lists the image files under `root` that training uses: [`scan_all`] less those named in
+/// the folder's [`EXCLUDE_FILE`].
 pub fn scan(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
+    let (mut entries, bad) = scan_all(root)?;
+    let excluded = read_excluded(root);
+    if !excluded.is_empty() {
+        entries.retain(|e| !excluded.contains(&e.rel));
+    }
+    Ok((entries, bad))
+}
+
+/// Lists every image file under `root`, recursively, sorted by path. Unreadable folders are
+/// reported in the second list.
+pub fn scan_all(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
     let meta = std::fs::metadata(root).map_err(|e| DataError::io(root, e))?;
     if !meta.is_dir() {
         return Err(DataError::BadFile { path: root.to_path_buf(), reason: "not a folder".into() });

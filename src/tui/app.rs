@@ -10,6 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget, Wrap};
 
 use super::follow::RunData;
+use super::graphics::Pictures;
 use super::screens::datasets::{self, DatasetsScreen};
 use super::screens::gallery::{self, GalleryScreen};
 use super::screens::hyper::Edit;
@@ -148,6 +149,8 @@ pub struct App {
     pub theme: Theme,
     /// The image protocol in use, for the status bar.
     pub graphics: String,
+    /// Pictures drawn with that protocol, encoded off the UI thread.
+    pub pictures: Pictures,
     /// The last message for the status line, with its tone.
     pub message: Option<(String, Tone)>,
     /// Whether this studio may control a trainer (not for a finished model's gallery).
@@ -170,12 +173,13 @@ impl App {
             data,
             screen: Screen::Training,
             overlay: None,
-            datasets: DatasetsScreen,
+            datasets: DatasetsScreen::default(),
             training: TrainingScreen::new(smoothing),
             gallery: GalleryScreen::default(),
             sample: SampleView::default(),
             theme,
             graphics: "halfblocks".into(),
+            pictures: Pictures::default(),
             message: None,
             controls: true,
             stopping: None,
@@ -239,8 +243,26 @@ impl App {
             self.training.on_key(key, &self.data);
             return self.take_edit();
         }
+        if self.screen == Screen::Datasets && self.datasets.captures_keys() && !ctrl {
+            return self.on_browser_key(key);
+        }
         if (ctrl && key.code == KeyCode::Char('c')) || key.code == KeyCode::Char('q') {
             return self.quit();
+        }
+        if !ctrl && !is_global(key.code) {
+            let handled = match self.screen {
+                Screen::Gallery => self.gallery.on_key(key, &self.data.root),
+                Screen::Datasets => self.datasets.on_key(key),
+                Screen::Training => gallery::Handled::No,
+            };
+            match handled {
+                gallery::Handled::No => {}
+                gallery::Handled::Yes => return Action::None,
+                gallery::Handled::Say(text, error) => {
+                    self.say(text, if error { Tone::Error } else { Tone::Info });
+                    return Action::None;
+                }
+            }
         }
         match key.code {
             KeyCode::Char('1') => self.screen = Screen::Datasets,
@@ -258,6 +280,14 @@ impl App {
                 return self.take_edit();
             }
             _ => {}
+        }
+        Action::None
+    }
+
+    /// Hands a key to the data set browser and shows what it says.
+    fn on_browser_key(&mut self, key: KeyEvent) -> Action {
+        if let gallery::Handled::Say(text, error) = self.datasets.on_key(key) {
+            self.say(text, if error { Tone::Error } else { Tone::Info });
         }
         Action::None
     }
@@ -361,10 +391,14 @@ impl App {
             Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Length(1)]).areas(area);
 
         self.render_tabs(tabs, buf);
+        self.pictures.begin_frame();
         match self.screen {
-            Screen::Datasets => self.datasets.render(body, buf, &self.data, &self.theme),
+            Screen::Datasets => self.datasets.render(body, buf, &self.data, &self.theme, &mut self.pictures),
             Screen::Training => self.training.render(body, buf, &self.data, &self.theme, &mut self.sample),
-            Screen::Gallery => self.gallery.render(body, buf, &self.data, &self.theme, &mut self.sample),
+            Screen::Gallery => {
+                let (t, p, s) = (&self.theme, &mut self.pictures, &mut self.sample);
+                self.gallery.render(body, buf, &self.data, t, p, s);
+            }
         }
         self.render_status(status, buf);
         match self.overlay {
@@ -468,6 +502,11 @@ impl App {
         )));
         Paragraph::new(lines).style(t.overlay).render(inner, buf);
     }
+}
+
+/// Keys the studio answers on every screen, which screens leave alone.
+fn is_global(code: KeyCode) -> bool {
+    matches!(code, KeyCode::Char('1' | '2' | '3' | '?' | ' ' | 's' | 'q') | KeyCode::Tab | KeyCode::BackTab)
 }
 
 /// A `w`×`h` rectangle centred in `area`, shrunk to fit.

@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod follow;
+pub mod graphics;
 mod live;
 pub mod screens;
 pub mod series;
@@ -113,6 +114,7 @@ impl Watched {
 /// Runs the studio until the user quits.
 pub fn run(opts: StudioOptions) -> Result<()> {
     let (mut session, log) = prepare(&opts)?;
+    choose_graphics(&mut session.app, opts.graphics.as_deref())?;
     let result = {
         let mut guard = TerminalGuard::enter(log.clone()).context("taking over the terminal")?;
         event_loop(&mut guard.terminal, &mut session)
@@ -125,6 +127,18 @@ pub fn run(opts: StudioOptions) -> Result<()> {
         }
         Err(e) => Err(e.context(format!("log: {}", log.display()))),
     }
+}
+
+/// Picks the image protocol (`--graphics`, else `ui.graphics`, else asking the terminal),
+/// before the terminal is taken over so the query's answer is not read as keys.
+fn choose_graphics(app: &mut App, flag: Option<&str>) -> Result<()> {
+    let config = app.data.config.as_ref().map_or("auto".to_string(), |c| c.ui.graphics.clone());
+    let choice = graphics::Choice::pick(flag, &config).map_err(anyhow::Error::msg)?;
+    let decision = graphics::detect(choice);
+    tracing::info!("graphics: {} ({}; cell {:?})", decision.label(), decision.why, decision.cell);
+    app.graphics = decision.label();
+    app.pictures = graphics::Pictures::new(decision);
+    Ok(())
 }
 
 /// Everything that can fail before the terminal is taken over, so errors print plainly.
@@ -140,7 +154,8 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             tracing::info!(pid = child.id(), "started a headless trainer for {}", run.root.display());
             let mut data = RunData::new(&run.root);
             data.config = Some(config.clone());
-            let app = App::new(data, theme, config.ui.smoothing);
+            let mut app = App::new(data, theme, config.ui.smoothing);
+            app.gallery.follow_run(&run.root);
             let follower = Some(RunFollower::new(&run.root));
             let watch = Watched::new(config_path.map(|p| (p, config.clone())));
             Ok((Session { app, follower, child: Some(child), fps: config.ui.fps, watch }, log))
@@ -154,7 +169,8 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             tracing::info!("watching {}", run.display());
             let mut data = RunData::new(run);
             data.config = config;
-            let app = App::new(data, theme, ui.smoothing);
+            let mut app = App::new(data, theme, ui.smoothing);
+            app.gallery.follow_run(run);
             let follower = Some(RunFollower::new(run));
             Ok((Session { app, follower, child: None, fps: ui.fps, watch: Watched::new(None) }, log))
         }
@@ -187,7 +203,8 @@ fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)
     app.controls = false;
     app.screen = Screen::Gallery;
     app.sample = widgets::halfblock::SampleView::from_image(grid);
-    app.gallery.caption = Some(format!("model {spec} · step {} · seed {seed}", loaded.meta.step));
+    app.gallery.caption = Some(format!("model {spec} · step {}", loaded.meta.step));
+    app.gallery.open_model(&loaded.path);
     let follower = run_root.map(RunFollower::new);
     Ok((Session { app, follower, child: None, fps: config.ui.fps, watch: Watched::new(None) }, log))
 }
@@ -300,6 +317,10 @@ fn tick(s: &mut Session) -> Option<Exit> {
         }
     }
     live::watch_files(&mut s.app, &mut s.watch);
+    let app = &mut s.app;
+    if app.gallery.poll(&app.data) | app.datasets.poll(&app.data) | app.pictures.poll() {
+        app.dirty = true;
+    }
     if let Some(child) = &mut s.child {
         if let Ok(Some(status)) = child.try_wait() {
             s.child = None;
