@@ -368,3 +368,53 @@ fn log_scrolls_back_and_returns_to_the_newest() {
     press(&mut app, KeyCode::Char('G'));
     assert_eq!(app.training.log_scroll, 0);
 }
+
+#[test]
+fn pictures_draw_half_blocks_cell_by_cell() {
+    use facestudio::tui::graphics::{Picture, Pictures};
+    use facestudio::tui::theme::ImageMode;
+
+    // A 4x4 image at its own size: each cell carries the upper pixel as foreground and the
+    // lower one as background.
+    let img = image::RgbImage::from_fn(4, 4, |x, y| image::Rgb([x as u8 * 60, y as u8 * 60, 7]));
+    let picture = Picture::new(img);
+    let mut pictures = Pictures::default();
+    let mut term = Terminal::new(TestBackend::new(4, 2)).unwrap();
+    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color)).unwrap();
+    let buf = term.backend().buffer();
+    for y in 0..2u16 {
+        for x in 0..4u16 {
+            let c = &buf[(x, y)];
+            let (top, bottom) = (y as u8 * 2, y as u8 * 2 + 1);
+            assert_eq!(c.symbol(), "▀");
+            assert_eq!(c.fg, Color::Rgb(x as u8 * 60, top * 60, 7), "cell {x},{y}");
+            assert_eq!(c.bg, Color::Rgb(x as u8 * 60, bottom * 60, 7), "cell {x},{y}");
+        }
+    }
+    // In a wider area the picture is centred, aspect kept, and the rest left alone.
+    let mut term = Terminal::new(TestBackend::new(8, 2)).unwrap();
+    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color)).unwrap();
+    let row: String = (0..8).map(|x| term.backend().buffer()[(x, 0)].symbol().to_string()).collect();
+    assert_eq!(row, "  ▀▀▀▀  ");
+}
+
+#[test]
+fn gallery_and_browser_status_bar_names_the_protocol() {
+    use facestudio::tui::graphics::{Decision, Pictures};
+    use ratatui_image::picker::ProtocolType;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = app(dir.path(), true);
+    let decision = Decision { protocol: ProtocolType::Sixel, cell: (8, 16), tmux: true, why: "test".into() };
+    app.graphics = decision.label();
+    app.pictures = Pictures::new(decision);
+    for screen in ['1', '3'] {
+        press(&mut app, KeyCode::Char(screen));
+        let (lines, _) = draw(&mut app, 120, 30);
+        assert!(lines.last().unwrap().contains("sixel+tmux"), "{}", lines.last().unwrap());
+    }
+    // The gallery's own keys do not shadow the global ones.
+    assert_eq!(press(&mut app, KeyCode::Char('s')), Action::Send("save".into()));
+    press(&mut app, KeyCode::Char('v'));
+    assert_eq!(app.gallery.view, facestudio::tui::screens::gallery::View::Reconstructions);
+}
