@@ -15,6 +15,12 @@
 //! once encoded, the protocol's cells are drawn from the cache. Only pictures drawn in a frame
 //! are encoded (a queued one that is no longer shown is dropped), and because ratatui only
 //! writes cells that changed, an unchanged image is never sent to the terminal again.
+//!
+//! Known shortcoming: ratatui-image places kitty images with unicode placeholders, which
+//! kitty draws only from 0.28 on; kitty 0.26 (Debian 12) answers the graphics query yet shows
+//! the placeholder characters as boxes. Telling the versions apart needs an XTVERSION query
+//! (`CSI > q`) in the detection, which is not done yet; `--graphics halfblocks` or `sixel`
+//! is the way round it there.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -39,6 +45,8 @@ use super::widgets::halfblock;
 pub const QUERY_TIMEOUT: Duration = Duration::from_millis(400);
 /// Encoded pictures kept; the least recently drawn go first.
 const CACHE_CAPACITY: usize = 48;
+/// The largest sixel image side drawn, in pixels (xterm's default `maxGraphicSize`).
+const SIXEL_MAX_PIXELS: u16 = 1000;
 /// The cell size assumed when the terminal does not say.
 const DEFAULT_CELL: (u16, u16) = (10, 20);
 
@@ -488,12 +496,14 @@ impl Pictures {
         if area.width == 0 || area.height == 0 {
             return;
         }
-        let key = (picture.id, area.width, area.height);
-        self.frame_keys.insert(key);
         if self.jobs.is_none() || mode == ImageMode::Shade {
+            self.frame_keys.insert((picture.id, area.width, area.height));
             self.draw_halfblocks(picture, area, buf, mode);
             return;
         }
+        let area = self.limit(area);
+        let key = (picture.id, area.width, area.height);
+        self.frame_keys.insert(key);
         let frame = self.frame;
         match self.cache.get_mut(&key) {
             Some((Slot::Ready(p), used)) => {
@@ -513,6 +523,18 @@ impl Pictures {
             }
         }
         self.draw_halfblocks(picture, area, buf, mode);
+    }
+
+    /// `area`, shrunk (centred) for sixel so that the image stays within
+    /// [`SIXEL_MAX_PIXELS`]: xterm draws nothing at all for a larger one.
+    fn limit(&self, area: Rect) -> Rect {
+        if self.decision.protocol != ProtocolType::Sixel {
+            return area;
+        }
+        let (cw, ch) = (self.decision.cell.0.max(1), self.decision.cell.1.max(1));
+        let w = area.width.min(SIXEL_MAX_PIXELS / cw);
+        let h = area.height.min(SIXEL_MAX_PIXELS / ch);
+        Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
     }
 
     fn draw_halfblocks(&mut self, picture: &Picture, area: Rect, buf: &mut Buffer, mode: ImageMode) {
