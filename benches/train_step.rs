@@ -43,7 +43,11 @@ fn parse_args() -> Args {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut it = raw.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value")).clone();
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+                .clone()
+        };
         match flag.as_str() {
             "--kernels" => {
                 args.kernels = match value().as_str() {
@@ -65,7 +69,10 @@ fn parse_args() -> Args {
             "--size" => args.size = value().parse().expect("--size: a number"),
             "--latent" => args.latent = value().parse().expect("--latent: a number"),
             "--widths" => {
-                args.widths = value().split(',').map(|w| w.parse().expect("--widths: numbers")).collect()
+                args.widths = value()
+                    .split(',')
+                    .map(|w| w.parse().expect("--widths: numbers"))
+                    .collect()
             }
             // `cargo bench` passes `--bench`; anything else unknown is ignored the same way.
             _ => {}
@@ -77,8 +84,15 @@ fn parse_args() -> Args {
 /// Peak resident memory of this process in MB since the last [`reset_peak_rss`].
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: 0 kB");
-    let kb: f64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: 0 kB");
+    let kb: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     kb / 1024.0
 }
 
@@ -106,7 +120,11 @@ fn forward_flops(config: &ModelConfig, channels: usize) -> f64 {
         Upsample::Nearest => 9,
     };
     for i in (0..config.widths.len()).rev() {
-        let out = if i == 0 { channels } else { config.widths[i - 1] };
+        let out = if i == 0 {
+            channels
+        } else {
+            config.widths[i - 1]
+        };
         side *= 2;
         flops += 2.0 * (config.widths[i] * k * out * side * side) as f64;
     }
@@ -128,8 +146,15 @@ fn peak_flops() -> f64 {
 }
 
 fn random_images(rng: &mut Rng, n: usize, shape: ImageShape) -> Tensor {
-    let values: Vec<f32> = (0..n * shape.numel()).map(|_| rng.uniform() as f32).collect();
-    Tensor::from_vec(values, (n, shape.channels, shape.height, shape.width), &Device::Cpu).unwrap()
+    let values: Vec<f32> = (0..n * shape.numel())
+        .map(|_| rng.uniform() as f32)
+        .collect();
+    Tensor::from_vec(
+        values,
+        (n, shape.channels, shape.height, shape.width),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result<()> {
@@ -140,11 +165,17 @@ fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result
     config.latent = args.latent;
     config.widths = args.widths.clone();
     config.upsample = upsample;
-    let shape = ImageShape { channels: 3, height: args.size, width: args.size };
+    let shape = ImageShape {
+        channels: 3,
+        height: args.size,
+        width: args.size,
+    };
     let (vae, varmap) = model::init(&config, shape, 0, &Device::Cpu)?;
     let mut adam = Adam::new(model::named_vars(&varmap), 1e-3)?;
     let mut rng = Rng::new(1);
-    let batches: Vec<Tensor> = (0..4).map(|_| random_images(&mut rng, args.batch, shape)).collect();
+    let batches: Vec<Tensor> = (0..4)
+        .map(|_| random_images(&mut rng, args.batch, shape))
+        .collect();
 
     let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
     for step in 0..args.warmup + args.steps {
@@ -164,7 +195,11 @@ fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result
     let train_s = fwd + bwd + opt;
     let train_ips = (args.steps * args.batch) as f64 / train_s;
 
-    let zs = Tensor::from_vec(rng.normals(args.batch * args.latent), (args.batch, args.latent), &Device::Cpu)?;
+    let zs = Tensor::from_vec(
+        rng.normals(args.batch * args.latent),
+        (args.batch, args.latent),
+        &Device::Cpu,
+    )?;
     let decode_rounds = args.steps.max(3);
     for _ in 0..args.warmup {
         vae.decode(&zs)?;

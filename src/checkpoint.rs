@@ -55,7 +55,10 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     fn invalid(path: &Path, message: impl Into<String>) -> Self {
-        Self::Invalid { path: path.to_path_buf(), message: message.into() }
+        Self::Invalid {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 
@@ -119,8 +122,15 @@ pub fn list(dir: &Path) -> Vec<Entry> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("step-")?.strip_suffix(".json")?.parse().ok()?;
-            Some(Entry { step, meta: e.path() })
+            let step = name
+                .strip_prefix("step-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some(Entry {
+                step,
+                meta: e.path(),
+            })
         })
         .collect();
     out.sort_by_key(|e| e.step);
@@ -141,7 +151,8 @@ pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, Checkpoin
     let views: Vec<(String, TensorView<'_>)> = owned
         .iter()
         .map(|(name, shape, bytes)| {
-            let view = TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).expect("shape matches bytes");
+            let view = TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .expect("shape matches bytes");
             (name.clone(), view)
         })
         .collect();
@@ -150,17 +161,30 @@ pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, Checkpoin
 }
 
 /// Reads every tensor of a safetensors file as f32 on `device`.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.to_path_buf(), source: e })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| CheckpointError::invalid(path, format!("not a valid safetensors file ({e})")))?;
+pub fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        CheckpointError::invalid(path, format!("not a valid safetensors file ({e})"))
+    })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(CheckpointError::invalid(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            return Err(CheckpointError::invalid(
+                path,
+                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            ));
         }
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(name, Tensor::from_vec(values, view.shape(), device)?);
     }
     Ok(out)
@@ -180,12 +204,25 @@ pub struct Snapshot<'a> {
 /// Refuses weights that are not finite, so a diverged model never overwrites a good one.
 pub fn save(run: &RunDir, snapshot: Snapshot<'_>, keep: usize) -> Result<PathBuf, CheckpointError> {
     let dir = run.checkpoints();
-    std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::Io { path: dir.clone(), source: e })?;
+    std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::Io {
+        path: dir.clone(),
+        source: e,
+    })?;
     let stem = stem(snapshot.meta.step);
     for (name, t) in snapshot.weights {
-        let finite = t.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+        let finite = t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| v.is_finite());
         if !finite {
-            return Err(CheckpointError::invalid(&dir, format!("weight `{name}` is not finite; not saving step {}", snapshot.meta.step)));
+            return Err(CheckpointError::invalid(
+                &dir,
+                format!(
+                    "weight `{name}` is not finite; not saving step {}",
+                    snapshot.meta.step
+                ),
+            ));
         }
     }
     let weights_path = dir.join(format!("{stem}.safetensors"));
@@ -193,20 +230,29 @@ pub fn save(run: &RunDir, snapshot: Snapshot<'_>, keep: usize) -> Result<PathBuf
     let meta_path = dir.join(format!("{stem}.json"));
 
     let bytes = to_safetensors(snapshot.weights)?;
-    atomic_write(&weights_path, &bytes).map_err(|e| CheckpointError::Io { path: weights_path.clone(), source: e })?;
+    atomic_write(&weights_path, &bytes).map_err(|e| CheckpointError::Io {
+        path: weights_path.clone(),
+        source: e,
+    })?;
     let mut moments = Vec::with_capacity(snapshot.moments.len() * 2);
     for (name, m, v) in snapshot.moments {
         moments.push((format!("m.{name}"), m.clone()));
         moments.push((format!("v.{name}"), v.clone()));
     }
     let bytes = to_safetensors(&moments)?;
-    atomic_write(&optim_path, &bytes).map_err(|e| CheckpointError::Io { path: optim_path.clone(), source: e })?;
+    atomic_write(&optim_path, &bytes).map_err(|e| CheckpointError::Io {
+        path: optim_path.clone(),
+        source: e,
+    })?;
 
     let mut meta = snapshot.meta;
     meta.weights = format!("{stem}.safetensors");
     meta.optimizer = format!("{stem}.optim.safetensors");
     let json = serde_json::to_vec_pretty(&meta).expect("metadata serialises");
-    atomic_write(&meta_path, &json).map_err(|e| CheckpointError::Io { path: meta_path.clone(), source: e })?;
+    atomic_write(&meta_path, &json).map_err(|e| CheckpointError::Io {
+        path: meta_path.clone(),
+        source: e,
+    })?;
     prune(&dir, keep);
     Ok(meta_path)
 }
@@ -227,11 +273,22 @@ fn prune(dir: &Path, keep: usize) {
 
 /// Reads and checks a metadata file.
 pub fn read_meta(path: &Path) -> Result<Meta, CheckpointError> {
-    let len = std::fs::metadata(path).map_err(|e| CheckpointError::Io { path: path.to_path_buf(), source: e })?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?
+        .len();
     if len > MAX_META_BYTES {
-        return Err(CheckpointError::invalid(path, format!("{len} bytes is too large for checkpoint metadata")));
+        return Err(CheckpointError::invalid(
+            path,
+            format!("{len} bytes is too large for checkpoint metadata"),
+        ));
     }
-    let text = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read(path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     parse_meta(&text, path)
 }
 
@@ -240,20 +297,39 @@ pub fn parse_meta(bytes: &[u8], path: &Path) -> Result<Meta, CheckpointError> {
     let meta: Meta = serde_json::from_slice(bytes)
         .map_err(|e| CheckpointError::invalid(path, format!("not checkpoint metadata ({e})")))?;
     if meta.format != FORMAT {
-        return Err(CheckpointError::invalid(path, format!("metadata format {} (this build reads {FORMAT})", meta.format)));
+        return Err(CheckpointError::invalid(
+            path,
+            format!(
+                "metadata format {} (this build reads {FORMAT})",
+                meta.format
+            ),
+        ));
     }
     if let Err((key, msg)) = meta.config.validate() {
         if !key.starts_with("data.") {
-            return Err(CheckpointError::invalid(path, format!("stored config: {key}: {msg}")));
+            return Err(CheckpointError::invalid(
+                path,
+                format!("stored config: {key}: {msg}"),
+            ));
         }
     }
     let s = meta.shape;
-    if s.channels != meta.config.model.channels || s.height == 0 || s.width == 0 || s.numel() > 4096 * 4096 * 4 {
-        return Err(CheckpointError::invalid(path, format!("image shape {s:?} does not fit its model config")));
+    if s.channels != meta.config.model.channels
+        || s.height == 0
+        || s.width == 0
+        || s.numel() > 4096 * 4096 * 4
+    {
+        return Err(CheckpointError::invalid(
+            path,
+            format!("image shape {s:?} does not fit its model config"),
+        ));
     }
     for name in [&meta.weights, &meta.optimizer] {
         if name.contains('/') || name.contains('\\') || name.contains("..") {
-            return Err(CheckpointError::invalid(path, format!("file name `{name}` must be a plain name")));
+            return Err(CheckpointError::invalid(
+                path,
+                format!("file name `{name}` must be a plain name"),
+            ));
         }
     }
     Ok(meta)
@@ -278,14 +354,23 @@ pub fn resolve(spec: &str) -> Result<PathBuf, CheckpointError> {
     let candidates = [direct.clone(), Path::new("models").join(spec)];
     for p in &candidates {
         if p.is_file() {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.ends_with(".json") {
                 return Ok(p.clone());
             }
-            if let Some(stem) = name.strip_suffix(".optim.safetensors").or_else(|| name.strip_suffix(".safetensors")) {
+            if let Some(stem) = name
+                .strip_suffix(".optim.safetensors")
+                .or_else(|| name.strip_suffix(".safetensors"))
+            {
                 return Ok(p.with_file_name(format!("{stem}.json")));
             }
-            return Err(CheckpointError::invalid(p, "expected a checkpoint's .json or .safetensors file"));
+            return Err(CheckpointError::invalid(
+                p,
+                "expected a checkpoint's .json or .safetensors file",
+            ));
         }
         if p.is_dir() {
             for dir in [p.join("checkpoints"), p.clone()] {
@@ -309,10 +394,20 @@ pub fn load(meta_path: &Path, device: &Device) -> Result<Loaded, CheckpointError
     let meta = read_meta(meta_path)?;
     let dir = meta_path.parent().unwrap_or(Path::new("."));
     let weights_path = dir.join(&meta.weights);
-    let (model, varmap) = model::init(&meta.config.model, meta.shape, meta.config.train.seed, device)?;
+    let (model, varmap) = model::init(
+        &meta.config.model,
+        meta.shape,
+        meta.config.train.seed,
+        device,
+    )?;
     let tensors = read_safetensors(&weights_path, device)?;
     assign(&varmap, &tensors, &weights_path, "")?;
-    Ok(Loaded { model, varmap, meta, path: meta_path.to_path_buf() })
+    Ok(Loaded {
+        model,
+        varmap,
+        meta,
+        path: meta_path.to_path_buf(),
+    })
 }
 
 /// Reads the optimiser moments of a checkpoint, as `(m, v)` by weight name.
@@ -328,10 +423,16 @@ pub fn load_moments(
         let m = tensors.get(&format!("m.{name}"));
         let v = tensors.get(&format!("v.{name}"));
         let (Some(m), Some(v)) = (m, v) else {
-            return Err(CheckpointError::invalid(&path, format!("missing moments of `{name}`")));
+            return Err(CheckpointError::invalid(
+                &path,
+                format!("missing moments of `{name}`"),
+            ));
         };
         if m.dims() != var.dims() || v.dims() != var.dims() {
-            return Err(CheckpointError::invalid(&path, format!("moments of `{name}` have the wrong shape")));
+            return Err(CheckpointError::invalid(
+                &path,
+                format!("moments of `{name}` have the wrong shape"),
+            ));
         }
         out.insert(name, (m.clone(), v.clone()));
     }
@@ -349,20 +450,34 @@ fn assign(
     for (name, var) in &vars {
         let key = format!("{prefix}{name}");
         let Some(t) = tensors.get(&key) else {
-            return Err(CheckpointError::invalid(path, format!("tensor `{key}` is missing: the checkpoint is of another model")));
+            return Err(CheckpointError::invalid(
+                path,
+                format!("tensor `{key}` is missing: the checkpoint is of another model"),
+            ));
         };
         if t.dims() != var.dims() {
             return Err(CheckpointError::invalid(
                 path,
-                format!("tensor `{key}` has shape {:?}, the model expects {:?}", t.dims(), var.dims()),
+                format!(
+                    "tensor `{key}` has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
             ));
         }
         var.set(t)?;
     }
     if tensors.len() != vars.len() {
         let known: std::collections::HashSet<&String> = vars.iter().map(|(n, _)| n).collect();
-        let extra = tensors.keys().find(|k| !known.contains(k)).cloned().unwrap_or_default();
-        return Err(CheckpointError::invalid(path, format!("unexpected tensor `{extra}`: the checkpoint is of another model")));
+        let extra = tensors
+            .keys()
+            .find(|k| !known.contains(k))
+            .cloned()
+            .unwrap_or_default();
+        return Err(CheckpointError::invalid(
+            path,
+            format!("unexpected tensor `{extra}`: the checkpoint is of another model"),
+        ));
     }
     Ok(())
 }

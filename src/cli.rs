@@ -249,7 +249,29 @@ pub fn signalled() -> bool {
 
 /// Loads the configuration with the command line's overrides, validated.
 pub fn effective_config(args: &TrainArgs) -> Result<(Config, Option<PathBuf>)> {
-    let (mut config, path) = Config::load_or_default(args.config.as_deref()).map_err(anyhow::Error::new)?;
+    settings_from(
+        args,
+        Config::load_or_default(args.config.as_deref()).map_err(anyhow::Error::new)?,
+    )
+}
+
+/// The settings for training `run`: when resuming without `--config`, the run's own
+/// `config.toml` (it holds every live edit made while the run trained), else as
+/// [`effective_config`]; command-line flags apply on top either way.
+pub fn run_config(args: &TrainArgs, run: &RunDir) -> Result<(Config, Option<PathBuf>)> {
+    if args.resume && args.config.is_none() && run.config().is_file() {
+        let path = run.config();
+        let config = Config::load(&path).map_err(anyhow::Error::new)?;
+        return settings_from(args, (config, Some(path)));
+    }
+    effective_config(args)
+}
+
+fn settings_from(
+    args: &TrainArgs,
+    loaded: (Config, Option<PathBuf>),
+) -> Result<(Config, Option<PathBuf>)> {
+    let (mut config, path) = loaded;
     if let Some(data) = &args.data {
         config.data.source = data.clone();
     }
@@ -264,7 +286,9 @@ pub fn effective_config(args: &TrainArgs) -> Result<(Config, Option<PathBuf>)> {
             (Some(_), _, _, "data.source") => "--data".to_string(),
             (_, Some(_), _, "train.device") => "--device".to_string(),
             (_, _, Some(_), "train.steps") => "--steps".to_string(),
-            _ => path.as_ref().map_or("default settings".to_string(), |p| p.display().to_string()),
+            _ => path
+                .as_ref()
+                .map_or("default settings".to_string(), |p| p.display().to_string()),
         };
         bail!("{origin}: {key}: {msg}");
     }
@@ -276,7 +300,11 @@ pub fn effective_config(args: &TrainArgs) -> Result<(Config, Option<PathBuf>)> {
 pub fn run_dir(run: Option<&str>, resume: bool) -> Result<RunDir> {
     if let Some(r) = run {
         let p = Path::new(r);
-        let root = if p.components().count() > 1 || p.is_absolute() { p.to_path_buf() } else { Path::new("runs").join(r) };
+        let root = if p.components().count() > 1 || p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            Path::new("runs").join(r)
+        };
         return Ok(RunDir::new(root));
     }
     if resume {
@@ -296,10 +324,17 @@ pub fn run_dir(run: Option<&str>, resume: bool) -> Result<RunDir> {
 
 /// `run-YYYYMMDD-HHMMSS` in UTC.
 pub fn timestamp_name() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("run-{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "run-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -351,32 +386,51 @@ pub fn main_with(cli: Cli) -> Result<()> {
         Some(Cmd::Watch { run }) => {
             let dir = run_dir(Some(&run), false)?;
             if !crate::control::is_run_dir(&dir.root) && !dir.root.exists() {
-                bail!("{}: not a run directory (no metrics.jsonl, config.toml or status.json)", dir.root.display());
+                bail!(
+                    "{}: not a run directory (no metrics.jsonl, config.toml or status.json)",
+                    dir.root.display()
+                );
             }
-            crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Watch { run: dir.root }, theme: cli.theme, graphics: cli.graphics })
+            crate::tui::run(crate::tui::StudioOptions {
+                mode: crate::tui::Mode::Watch { run: dir.root },
+                theme: cli.theme,
+                graphics: cli.graphics,
+            })
         }
-        Some(Cmd::Gallery { model }) => {
-            crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Gallery { model }, theme: cli.theme, graphics: cli.graphics })
-        }
+        Some(Cmd::Gallery { model }) => crate::tui::run(crate::tui::StudioOptions {
+            mode: crate::tui::Mode::Gallery { model },
+            theme: cli.theme,
+            graphics: cli.graphics,
+        }),
     }
 }
 
 /// Opens the studio on a terminal; elsewhere says so and trains headless.
-fn studio_or_headless(args: TrainArgs, theme: Option<String>, graphics: Option<String>) -> Result<()> {
+fn studio_or_headless(
+    args: TrainArgs,
+    theme: Option<String>,
+    graphics: Option<String>,
+) -> Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         eprintln!("facestudio: stdout is not a terminal, so the studio cannot be drawn; training headless (use `facestudio train --headless` to say so)");
         return headless(&args);
     }
     // Validate before the studio takes the screen, so errors print plainly.
     effective_config(&args)?;
-    crate::tui::run(crate::tui::StudioOptions { mode: crate::tui::Mode::Train { args }, theme, graphics })
+    crate::tui::run(crate::tui::StudioOptions {
+        mode: crate::tui::Mode::Train { args },
+        theme,
+        graphics,
+    })
 }
 
 fn config_cmd(a: &ConfigArgs) -> Result<()> {
     if let Some(path) = &a.check {
         let config = Config::load(path).map_err(anyhow::Error::new)?;
         if let Err((key, msg)) = config.validate() {
-            let line = std::fs::read_to_string(path).ok().and_then(|t| config::find_key_line(&t, &key));
+            let line = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| config::find_key_line(&t, &key));
             let at = line.map_or(String::new(), |l| format!(":{l}"));
             bail!("{}{at}: {key}: {msg}", path.display());
         }
@@ -392,14 +446,18 @@ fn config_cmd(a: &ConfigArgs) -> Result<()> {
 
 /// Trains with no UI: a live progress line on a terminal, plain lines otherwise.
 pub fn headless(args: &TrainArgs) -> Result<()> {
-    let (config, _) = effective_config(args)?;
     let run = run_dir(args.run.as_deref(), args.resume)?;
+    let (config, _) = run_config(args, &run)?;
     log_to_file(&run.log())?;
     install_signal_handlers();
     let (ev_tx, ev_rx) = mpsc::channel();
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let opts = train::Options { config, run: run.clone(), resume: args.resume };
+    let opts = train::Options {
+        config,
+        run: run.clone(),
+        resume: args.resume,
+    };
     let stop_flag = stop.clone();
     let worker = std::thread::Builder::new()
         .name("trainer".into())
@@ -426,10 +484,14 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
     loop {
         if signalled() && !driver.stop_sent {
             driver.stop_sent = true;
-            driver.progress.line("interrupted: saving a checkpoint and stopping");
+            driver
+                .progress
+                .line("interrupted: saving a checkpoint and stopping");
             let _ = driver.commands.send(Command::Stop);
         }
-        let edited = config_watch.as_ref().is_some_and(|w| w.rx.try_iter().count() > 0);
+        let edited = config_watch
+            .as_ref()
+            .is_some_and(|w| w.rx.try_iter().count() > 0);
         if reload_rx.try_recv().is_ok() || edited {
             driver.reload();
         }
@@ -443,7 +505,9 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let result = worker.join().map_err(|_| anyhow::anyhow!("the trainer thread panicked; see {}", run.log().display()))?;
+    let result = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the trainer thread panicked; see {}", run.log().display()))?;
     if let Err(e) = &result {
         driver.status.state = "failed".into();
         driver.status.detail = e.to_string();
@@ -465,8 +529,20 @@ struct Driver {
 
 impl Driver {
     fn new(run: RunDir, commands: mpsc::Sender<Command>, tty: bool) -> Self {
-        let status = crate::control::Status { pid: std::process::id(), state: "loading".into(), ..Default::default() };
-        let driver = Self { run, commands, progress: Progress::new(tty), status, rollbacks: 0, retry_at: None, stop_sent: false };
+        let status = crate::control::Status {
+            pid: std::process::id(),
+            state: "loading".into(),
+            ..Default::default()
+        };
+        let driver = Self {
+            run,
+            commands,
+            progress: Progress::new(tty),
+            status,
+            rollbacks: 0,
+            retry_at: None,
+            stop_sent: false,
+        };
         driver.write_status();
         driver
     }
@@ -511,7 +587,11 @@ impl Driver {
                     s.dataset,
                     s.train_images,
                     s.val_images,
-                    if s.bad_files > 0 { format!(", {} unreadable skipped", s.bad_files) } else { String::new() },
+                    if s.bad_files > 0 {
+                        format!(", {} unreadable skipped", s.bad_files)
+                    } else {
+                        String::new()
+                    },
                     s.parameters,
                     s.step
                 ));
@@ -526,13 +606,19 @@ impl Driver {
                 v.step, v.total, v.recon, v.kl
             )),
             Event::Checkpoint { step, path } => {
-                self.progress.line(&format!("checkpoint at step {step}: {}", path.display()));
+                self.progress
+                    .line(&format!("checkpoint at step {step}: {}", path.display()));
             }
             Event::Setting(r) => {
-                self.status.total_steps = if r.key == "train.steps" { r.value.parse().unwrap_or(self.status.total_steps) } else { self.status.total_steps };
+                self.status.total_steps = if r.key == "train.steps" {
+                    r.value.parse().unwrap_or(self.status.total_steps)
+                } else {
+                    self.status.total_steps
+                };
                 self.progress.total = self.status.total_steps;
                 self.write_status();
-                self.progress.line(&format!("{} = {} from step {}", r.key, r.value, r.step));
+                self.progress
+                    .line(&format!("{} = {} from step {}", r.key, r.value, r.step));
             }
             Event::Log(level, msg) if level != Level::Info => self.progress.line(&msg),
             Event::Log(..) | Event::Sample { .. } => {}
@@ -542,7 +628,10 @@ impl Driver {
                 self.status.state = if s.completed { "finished" } else { "stopped" }.into();
                 self.write_status();
                 self.progress.finish();
-                let last = s.last.as_ref().map_or(String::new(), |r| format!(", last loss {:.2}", r.total));
+                let last = s
+                    .last
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", last loss {:.2}", r.total));
                 println!(
                     "{} at step {} ({:.1} images/s{last}); run directory {}",
                     if s.completed { "finished" } else { "stopped" },
@@ -570,7 +659,8 @@ impl Driver {
                 self.status.detail = what;
                 self.rollbacks += 1;
                 if self.rollbacks > 3 {
-                    self.progress.line("diverged again after 3 rollbacks: stopping");
+                    self.progress
+                        .line("diverged again after 3 rollbacks: stopping");
                     let _ = self.commands.send(Command::Stop);
                 } else {
                     self.progress.line("rolling back to the last good checkpoint with a tenth of the learning rate");
@@ -578,7 +668,8 @@ impl Driver {
                 }
             }
             TrainState::WriteFailed { what } => {
-                self.progress.line(&format!("write failed ({what}); retrying in 30 s"));
+                self.progress
+                    .line(&format!("write failed ({what}); retrying in 30 s"));
                 self.status.detail = what;
                 self.retry_at = Some(Instant::now() + Duration::from_secs(30));
             }
@@ -598,7 +689,12 @@ struct Progress {
 
 impl Progress {
     fn new(tty: bool) -> Self {
-        Self { tty, total: 0, drawn: false, last_plain: None }
+        Self {
+            tty,
+            total: 0,
+            drawn: false,
+            last_plain: None,
+        }
     }
 
     fn line(&mut self, msg: &str) {
@@ -612,7 +708,11 @@ impl Progress {
 
     fn step(&mut self, r: &crate::run::StepRecord) {
         let remaining = self.total.saturating_sub(r.step) as f64;
-        let per_step = if r.step > 0 { r.time / r.step as f64 } else { 0.0 };
+        let per_step = if r.step > 0 {
+            r.time / r.step as f64
+        } else {
+            0.0
+        };
         let eta = format_duration(remaining * per_step);
         let text = format!(
             "step {}/{} epoch {:.2} loss {:.2} (recon {:.2}, KL {:.2}) {:.0} img/s ETA {eta}",
@@ -621,12 +721,18 @@ impl Progress {
         if self.tty {
             let width = 24;
             let done = ((r.step as f64 / self.total.max(1) as f64) * width as f64) as usize;
-            let bar: String = (0..width).map(|i| if i < done { '#' } else { '.' }).collect();
+            let bar: String = (0..width)
+                .map(|i| if i < done { '#' } else { '.' })
+                .collect();
             let mut out = std::io::stdout().lock();
             let _ = write!(out, "\r\x1b[2K[{bar}] {text}");
             let _ = out.flush();
             self.drawn = true;
-        } else if self.last_plain.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) || r.step == self.total {
+        } else if self
+            .last_plain
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+            || r.step == self.total
+        {
             self.last_plain = Some(Instant::now());
             println!("{text}");
         }
@@ -653,7 +759,8 @@ pub fn format_duration(secs: f64) -> String {
 }
 
 fn open_model(spec: &str, device: &str) -> Result<(checkpoint::Loaded, Device)> {
-    let choice = crate::device::DeviceChoice::parse(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+    let choice =
+        crate::device::DeviceChoice::parse(device).map_err(|e| anyhow::anyhow!("--device: {e}"))?;
     let device = choice.open()?;
     let loaded = checkpoint::load_model(spec, &device).map_err(anyhow::Error::new)?;
     Ok((loaded, device))
@@ -671,8 +778,13 @@ fn save_and_print(img: &image::RgbImage, out: &Path, print: bool) -> Result<()> 
 /// Shows an image in the terminal through viuer (kitty, iTerm2, sixel or half-blocks).
 pub fn print_image(img: &image::RgbImage) -> Result<()> {
     let cols = terminal_columns().min(100).max(8);
-    let conf = viuer::Config { width: Some(cols as u32), absolute_offset: false, ..Default::default() };
-    viuer::print(&image::DynamicImage::ImageRgb8(img.clone()), &conf).context("printing the image")?;
+    let conf = viuer::Config {
+        width: Some(cols as u32),
+        absolute_offset: false,
+        ..Default::default()
+    };
+    viuer::print(&image::DynamicImage::ImageRgb8(img.clone()), &conf)
+        .context("printing the image")?;
     Ok(())
 }
 
@@ -690,7 +802,13 @@ fn sample(a: &SampleArgs) -> Result<()> {
     let zs = train::sample_latents(seed, a.count, m.config.latent);
     let pixels = model::decode_to_u8(m, &zs)?;
     let s = m.shape;
-    let img = imageio::grid(&pixels, s.channels, s.height, s.width, imageio::grid_columns(a.count));
+    let img = imageio::grid(
+        &pixels,
+        s.channels,
+        s.height,
+        s.width,
+        imageio::grid_columns(a.count),
+    );
     save_and_print(&img, &a.out, a.print)
 }
 
@@ -713,13 +831,21 @@ fn image_tensor(img: &image::DynamicImage, m: &Vae, crop: config::Crop) -> Resul
     let s = m.shape;
     let chw = folder::prepare(img, crop, (s.height, s.width), s.channels);
     let xs: Vec<f32> = chw.iter().map(|&v| f32::from(v) / 255.0).collect();
-    Ok(Tensor::from_vec(xs, (1, s.channels, s.height, s.width), m.device())?)
+    Ok(Tensor::from_vec(
+        xs,
+        (1, s.channels, s.height, s.width),
+        m.device(),
+    )?)
 }
 
 /// Points from `a` to `b` inclusive, on a line or on the great circle between them.
 pub fn interpolate_latents(a: &[f32], b: &[f32], steps: usize, slerp: bool) -> Vec<f32> {
     let steps = steps.max(2);
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let omega = (dot / (na * nb).max(1e-12)).clamp(-1.0, 1.0).acos();
@@ -727,11 +853,18 @@ pub fn interpolate_latents(a: &[f32], b: &[f32], steps: usize, slerp: bool) -> V
     for k in 0..steps {
         let t = k as f64 / (steps - 1) as f64;
         let (wa, wb) = if slerp && omega.sin().abs() > 1e-6 {
-            (((1.0 - t) * omega).sin() / omega.sin(), (t * omega).sin() / omega.sin())
+            (
+                ((1.0 - t) * omega).sin() / omega.sin(),
+                (t * omega).sin() / omega.sin(),
+            )
         } else {
             (1.0 - t, t)
         };
-        out.extend(a.iter().zip(b).map(|(x, y)| (wa * f64::from(*x) + wb * f64::from(*y)) as f32));
+        out.extend(
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (wa * f64::from(*x) + wb * f64::from(*y)) as f32),
+        );
     }
     out
 }
@@ -779,7 +912,14 @@ fn scan(spec: &str, quick: bool) -> Result<()> {
         }
         catalog::SourceKind::Npy(path) => {
             let im = data::npy::read(&path).map_err(anyhow::Error::new)?;
-            println!("{}: {} images, {}x{} pixels, {} channel(s)", path.display(), im.count, im.width, im.height, im.channels);
+            println!(
+                "{}: {} images, {}x{} pixels, {} channel(s)",
+                path.display(),
+                im.count,
+                im.width,
+                im.height,
+                im.channels
+            );
             Ok(())
         }
         catalog::SourceKind::Folder(path) => {
@@ -798,9 +938,14 @@ fn list_datasets() -> Result<()> {
         let status = match catalog::resolve(&d.name) {
             Ok(s) => match s.kind {
                 catalog::SourceKind::Synthetic => "built in".to_string(),
-                catalog::SourceKind::Folder(p) | catalog::SourceKind::Npy(p) => format!("found at {}", p.display()),
+                catalog::SourceKind::Folder(p) | catalog::SourceKind::Npy(p) => {
+                    format!("found at {}", p.display())
+                }
             },
-            Err(_) => format!("missing: {}", d.get.as_deref().unwrap_or("see its description")),
+            Err(_) => format!(
+                "missing: {}",
+                d.get.as_deref().unwrap_or("see its description")
+            ),
         };
         println!("{:<10} {}\n           {status}", d.name, d.title);
     }
@@ -820,11 +965,19 @@ fn eval(a: &EvalArgs) -> Result<()> {
     let data = data::load(&config).map_err(anyhow::Error::new)?;
     let shape = loaded.model.shape;
     if (data.channels, data.height, data.width) != (shape.channels, shape.height, shape.width) {
-        bail!("the data gives {}x{}x{} images, the model takes {shape:?}", data.channels, data.height, data.width);
+        bail!(
+            "the data gives {}x{}x{} images, the model takes {shape:?}",
+            data.channels,
+            data.height,
+            data.width
+        );
     }
     let mut ids: Vec<usize> = if a.held_out {
         if !own {
-            bail!("--held-out needs the model's own data set ({})", loaded.meta.config.data.source);
+            bail!(
+                "--held-out needs the model's own data set ({})",
+                loaded.meta.config.data.source
+            );
         }
         data::batcher::split(data.len(), config.data.val_fraction, config.train.seed).val
     } else {
@@ -840,7 +993,8 @@ fn eval(a: &EvalArgs) -> Result<()> {
     print!("{}", report.table());
     if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&report)?;
-        crate::run::atomic_write(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        crate::run::atomic_write(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

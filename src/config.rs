@@ -264,7 +264,12 @@ pub struct UiConfig {
 
 impl Default for UiConfig {
     fn default() -> Self {
-        Self { theme: "dark".into(), fps: 10.0, smoothing: 0.6, graphics: "auto".into() }
+        Self {
+            theme: "dark".into(),
+            fps: 10.0,
+            smoothing: 0.6,
+            graphics: "auto".into(),
+        }
     }
 }
 
@@ -314,14 +319,23 @@ impl Config {
         let m = &self.model;
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
         if m.latent == 0 || m.latent > 4096 {
-            return fail("model.latent", format!("must be between 1 and 4096, got {}", m.latent));
+            return fail(
+                "model.latent",
+                format!("must be between 1 and 4096, got {}", m.latent),
+            );
         }
         if m.channels != 1 && m.channels != 3 {
-            return fail("model.channels", format!("must be 1 or 3, got {}", m.channels));
+            return fail(
+                "model.channels",
+                format!("must be 1 or 3, got {}", m.channels),
+            );
         }
         if m.arch == Arch::Conv {
             if ![32, 64, 128].contains(&m.image_size) {
-                let msg = format!("must be 32, 64 or 128 for a conv model, got {}", m.image_size);
+                let msg = format!(
+                    "must be 32, 64 or 128 for a conv model, got {}",
+                    m.image_size
+                );
                 return fail("model.image_size", msg);
             }
             let halvings = m.widths.len() as u32;
@@ -335,16 +349,25 @@ impl Config {
                 return fail("model.widths", msg);
             }
         } else if m.image_size < 4 || m.image_size > 512 {
-            return fail("model.image_size", format!("must be 4 to 512, got {}", m.image_size));
+            return fail(
+                "model.image_size",
+                format!("must be 4 to 512, got {}", m.image_size),
+            );
         }
         if m.hidden == 0 {
             return fail("model.hidden", "must be at least 1".into());
         }
         if !(m.gaussian_sigma > 0.0 && m.gaussian_sigma.is_finite()) {
-            return fail("model.gaussian_sigma", format!("must be > 0, got {}", m.gaussian_sigma));
+            return fail(
+                "model.gaussian_sigma",
+                format!("must be > 0, got {}", m.gaussian_sigma),
+            );
         }
         if m.recon_loss == ReconLoss::Gaussian && m.arch != Arch::Mlp {
-            return fail("model.recon_loss", "`gaussian` needs `model.arch = \"mlp\"`".into());
+            return fail(
+                "model.recon_loss",
+                "`gaussian` needs `model.arch = \"mlp\"`".into(),
+            );
         }
         self.validate_train()?;
         self.validate_data_and_ui()
@@ -354,7 +377,10 @@ impl Config {
         let t = &self.train;
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
         if t.batch_size == 0 || t.batch_size > 65_536 {
-            return fail("train.batch_size", format!("must be 1 to 65536, got {}", t.batch_size));
+            return fail(
+                "train.batch_size",
+                format!("must be 1 to 65536, got {}", t.batch_size),
+            );
         }
         if !(t.lr > 0.0 && t.lr < 10.0) {
             return fail("train.lr", format!("must be > 0 and < 10, got {}", t.lr));
@@ -366,7 +392,10 @@ impl Config {
             return fail("train.steps", "must be at least 1".into());
         }
         if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-            return fail("train.grad_clip", format!("must be >= 0, got {}", t.grad_clip));
+            return fail(
+                "train.grad_clip",
+                format!("must be >= 0, got {}", t.grad_clip),
+            );
         }
         for (key, v) in [
             ("train.log_every", t.log_every),
@@ -396,7 +425,10 @@ impl Config {
         let u = &self.ui;
         let fail = |key: &str, msg: String| Err((key.to_string(), msg));
         if !(0.0..0.9).contains(&d.val_fraction) {
-            return fail("data.val_fraction", format!("must be in [0, 0.9), got {}", d.val_fraction));
+            return fail(
+                "data.val_fraction",
+                format!("must be in [0, 0.9), got {}", d.val_fraction),
+            );
         }
         if d.synthetic_count < 2 || d.synthetic_count > 1_000_000 {
             let msg = format!("must be 2 to 1000000, got {}", d.synthetic_count);
@@ -409,11 +441,18 @@ impl Config {
             return fail("ui.fps", format!("must be > 0 and <= 60, got {}", u.fps));
         }
         if !(0.0..1.0).contains(&u.smoothing) {
-            return fail("ui.smoothing", format!("must be in [0, 1), got {}", u.smoothing));
+            return fail(
+                "ui.smoothing",
+                format!("must be in [0, 1), got {}", u.smoothing),
+            );
         }
         let protocols = ["auto", "kitty", "sixel", "iterm2", "halfblocks"];
         if !protocols.contains(&u.graphics.as_str()) {
-            let msg = format!("must be one of {}, got `{}`", protocols.join(", "), u.graphics);
+            let msg = format!(
+                "must be one of {}, got `{}`",
+                protocols.join(", "),
+                u.graphics
+            );
             return fail("ui.graphics", msg);
         }
         if u.theme.is_empty() {
@@ -479,9 +518,18 @@ impl Config {
         let b = flatten(&toml::Value::try_from(new).expect("a Config serialises"));
         let mut out = Vec::new();
         for (key, new_value) in &b {
-            let old_value = a.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default();
+            let old_value = a
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
             if &old_value != new_value {
-                out.push(Change { key: key.clone(), old: old_value, new: new_value.clone(), effect: effect_of(key) });
+                out.push(Change {
+                    key: key.clone(),
+                    old: old_value,
+                    new: new_value.clone(),
+                    effect: effect_of(key),
+                });
             }
         }
         out
@@ -520,7 +568,12 @@ pub fn edit_file_checked(
     value: toml_edit::Item,
     check: impl Fn(&Config) -> Result<(), String>,
 ) -> Result<(), ConfigError> {
-    let err = |message: String| ConfigError { file: path.to_path_buf(), key: Some(key.to_string()), line: None, message };
+    let err = |message: String| ConfigError {
+        file: path.to_path_buf(),
+        key: Some(key.to_string()),
+        line: None,
+        message,
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -528,8 +581,12 @@ pub fn edit_file_checked(
     };
     let now = Config::from_toml(&text, path)?;
     check(&now).map_err(err)?;
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| err(format!("cannot parse: {e}")))?;
-    let (table, leaf) = key.split_once('.').ok_or_else(|| err("expected a `section.key`".into()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| err(format!("cannot parse: {e}")))?;
+    let (table, leaf) = key
+        .split_once('.')
+        .ok_or_else(|| err("expected a `section.key`".into()))?;
     if !doc.contains_key(table) {
         doc[table] = toml_edit::table();
     }
@@ -541,14 +598,20 @@ pub fn edit_file_checked(
     doc[table][leaf] = value;
     let new_text = doc.to_string();
     Config::from_toml(&new_text, path)?;
-    crate::run::atomic_write(path, new_text.as_bytes()).map_err(|e| err(format!("cannot write: {e}")))
+    crate::run::atomic_write(path, new_text.as_bytes())
+        .map_err(|e| err(format!("cannot write: {e}")))
 }
 
 fn parse_error(e: &toml::de::Error, text: &str, file: &Path) -> ConfigError {
     let line = e.span().map(|span| line_of_offset(text, span.start));
     let message = e.message().trim().to_string();
     let key = e.span().and_then(|span| key_at(text, span.start));
-    ConfigError { file: file.to_path_buf(), key, line, message }
+    ConfigError {
+        file: file.to_path_buf(),
+        key,
+        line,
+        message,
+    }
 }
 
 fn line_of_offset(text: &str, offset: usize) -> usize {
@@ -567,7 +630,11 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         if i + 1 == line_no {
             let (key, _) = trimmed.split_once('=')?;
             let key = key.trim().trim_matches('"');
-            return Some(if table.is_empty() { key.to_string() } else { format!("{table}.{key}") });
+            return Some(if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            });
         }
     }
     None
@@ -588,7 +655,9 @@ pub fn find_key_line(text: &str, key: &str) -> Option<usize> {
             current = name;
             continue;
         }
-        let Some((k, _)) = trimmed.split_once('=') else { continue };
+        let Some((k, _)) = trimmed.split_once('=') else {
+            continue;
+        };
         let k = k.trim().trim_matches('"');
         if (current == table && k == leaf) || (current.is_empty() && k == key) {
             return Some(i + 1);
@@ -637,7 +706,10 @@ mod tests {
         let e = err("[train]\nlr = -0.1\n");
         assert_eq!((e.key.as_deref(), e.line), (Some("train.lr"), Some(2)));
         let e = err("[model]\nimage_size = 48\n");
-        assert_eq!((e.key.as_deref(), e.line), (Some("model.image_size"), Some(2)));
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("model.image_size"), Some(2))
+        );
     }
 
     #[test]

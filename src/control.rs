@@ -67,14 +67,41 @@ pub fn socket_path(run: &RunDir) -> PathBuf {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Writes the status atomically.
+/// Writes the status atomically; on a full disk, over the old file in place.
+///
+/// The status is what tells a watcher that the disk is full, so it must get through when a
+/// new file cannot be made: the old file's blocks are reused, padded with spaces (which JSON
+/// readers skip) so the file never needs to grow or shrink.
 pub fn write_status(run: &RunDir, status: &Status) -> std::io::Result<()> {
     let mut s = status.clone();
     s.updated = now();
-    atomic_write(&status_path(run), &serde_json::to_vec_pretty(&s).expect("status serialises"))
+    let bytes = serde_json::to_vec_pretty(&s).expect("status serialises");
+    let path = status_path(run);
+    match atomic_write(&path, &bytes) {
+        Ok(()) => Ok(()),
+        Err(e) => overwrite_in_place(&path, &bytes).map_err(|_| e),
+    }
+}
+
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    let old_len = f.metadata()?.len() as usize;
+    if bytes.len() > old_len.max(4096) {
+        return Err(std::io::Error::other(
+            "the status does not fit in the old file",
+        ));
+    }
+    let mut padded = bytes.to_vec();
+    padded.resize(old_len.max(bytes.len()), b' ');
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&padded)?;
+    f.sync_data()
 }
 
 /// Reads the status; `None` when there is none or it cannot be parsed.
@@ -99,7 +126,9 @@ pub fn parse_command(line: &str) -> Result<Command, String> {
                 _ => Err(format!("rollback needs a factor in (0, 1], got `{factor}`")),
             }
         }
-        other => Err(format!("unknown command `{other}` (pause, resume, save, stop, rollback F, reload)")),
+        other => Err(format!(
+            "unknown command `{other}` (pause, resume, save, stop, rollback F, reload)"
+        )),
     }
 }
 
@@ -111,15 +140,21 @@ pub struct Server {
 
 impl Server {
     /// Starts listening; a stale socket file from a dead trainer is replaced.
-    pub fn start(run: &RunDir, commands: Sender<Command>, reload: Sender<()>) -> std::io::Result<Self> {
+    pub fn start(
+        run: &RunDir,
+        commands: Sender<Command>,
+        reload: Sender<()>,
+    ) -> std::io::Result<Self> {
         let path = socket_path(run);
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
-        std::thread::Builder::new().name("control".into()).spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = serve(stream, &commands, &reload);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let _ = serve(stream, &commands, &reload);
+                }
+            })?;
         Ok(Self { path })
     }
 }
@@ -130,7 +165,11 @@ impl Drop for Server {
     }
 }
 
-fn serve(stream: UnixStream, commands: &Sender<Command>, reload: &Sender<()>) -> std::io::Result<()> {
+fn serve(
+    stream: UnixStream,
+    commands: &Sender<Command>,
+    reload: &Sender<()>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -158,10 +197,14 @@ pub fn send(run: &RunDir, command: &str) -> Result<String, String> {
     let path = socket_path(run);
     let mut stream = UnixStream::connect(&path)
         .map_err(|e| format!("{}: no trainer is listening ({e})", path.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
     writeln!(stream, "{command}").map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).map_err(|e| format!("{}: {e}", path.display()))?;
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let reply = reply.trim().to_string();
     match reply.strip_prefix("error ") {
         Some(e) => Err(e.to_string()),
@@ -171,7 +214,9 @@ pub fn send(run: &RunDir, command: &str) -> Result<String, String> {
 
 /// Whether `path` is a run directory (has a config or metrics file).
 pub fn is_run_dir(path: &Path) -> bool {
-    path.join("metrics.jsonl").exists() || path.join("config.toml").exists() || path.join("status.json").exists()
+    path.join("metrics.jsonl").exists()
+        || path.join("config.toml").exists()
+        || path.join("status.json").exists()
 }
 
 #[cfg(test)]
@@ -181,7 +226,9 @@ mod tests {
     #[test]
     fn commands_parse_and_bad_ones_are_named() {
         assert!(matches!(parse_command("pause\n"), Ok(Command::Pause)));
-        assert!(matches!(parse_command("rollback 0.5"), Ok(Command::Rollback { lr_factor }) if lr_factor == 0.5));
+        assert!(
+            matches!(parse_command("rollback 0.5"), Ok(Command::Rollback { lr_factor }) if lr_factor == 0.5)
+        );
         assert!(parse_command("rollback 3").unwrap_err().contains("`3`"));
         assert!(parse_command("explode").unwrap_err().contains("`explode`"));
     }
@@ -194,7 +241,10 @@ mod tests {
         let (rtx, rrx) = std::sync::mpsc::channel();
         let _server = Server::start(&run, tx, rtx).unwrap();
         assert_eq!(send(&run, "save").unwrap(), "ok save");
-        assert!(matches!(rx.recv_timeout(Duration::from_secs(2)), Ok(Command::SaveNow)));
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_secs(2)),
+            Ok(Command::SaveNow)
+        ));
         assert_eq!(send(&run, "reload").unwrap(), "ok reload");
         assert!(rrx.recv_timeout(Duration::from_secs(2)).is_ok());
         assert!(send(&run, "nonsense").unwrap_err().contains("nonsense"));
@@ -204,7 +254,12 @@ mod tests {
     fn status_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        let s = Status { pid: std::process::id(), state: "running".into(), step: 5, ..Default::default() };
+        let s = Status {
+            pid: std::process::id(),
+            state: "running".into(),
+            step: 5,
+            ..Default::default()
+        };
         write_status(&run, &s).unwrap();
         let back = read_status(&run).unwrap();
         assert_eq!(back.step, 5);

@@ -25,7 +25,9 @@ impl DeviceChoice {
             "metal" => Ok(Self::Metal),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) => Ok(Self::Cuda(n)),
-                _ => Err(format!("expected auto, cpu, cuda, cuda:N or metal, got `{other}`")),
+                _ => Err(format!(
+                    "expected auto, cpu, cuda, cuda:N or metal, got `{other}`"
+                )),
             },
         }
     }
@@ -34,8 +36,9 @@ impl DeviceChoice {
     pub fn open(self) -> anyhow::Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Cuda(n) => Device::new_cuda(n)
-                .map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}")),
+            Self::Cuda(n) => {
+                Device::new_cuda(n).map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}"))
+            }
             Self::Metal => {
                 Device::new_metal(0).map_err(|e| anyhow::anyhow!("cannot open Metal device: {e}"))
             }

@@ -190,7 +190,9 @@ fn serve(requests: &Receiver<Request>, replies: &Sender<Reply>) {
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
         // Loads all count (the last wins anyway); of the renders only the newest is wanted.
-        let last_render = batch.iter().rposition(|r| matches!(r, Request::Render { .. }));
+        let last_render = batch
+            .iter()
+            .rposition(|r| matches!(r, Request::Render { .. }));
         for (i, request) in batch.into_iter().enumerate() {
             let reply = match request {
                 Request::Load(path) => engine.load(&path),
@@ -231,14 +233,20 @@ impl Engine {
                 self.model = Some(loaded);
                 reply
             }
-            Err(e) => Reply::Failed { id: None, error: format!("cannot load the model: {e}") },
+            Err(e) => Reply::Failed {
+                id: None,
+                error: format!("cannot load the model: {e}"),
+            },
         }
     }
 
     fn render(&mut self, id: u64, job: &Job) -> Reply {
         match self.tiles(job) {
             Ok(tiles) => Reply::Frame { id, tiles },
-            Err(error) => Reply::Failed { id: Some(id), error },
+            Err(error) => Reply::Failed {
+                id: Some(id),
+                error,
+            },
         }
     }
 
@@ -251,22 +259,33 @@ impl Engine {
         let d = m.config.latent;
         match job {
             Job::Samples { seeds } => {
-                let zs: Vec<f32> = seeds.iter().flat_map(|s| latent::seed_latent(*s, d)).collect();
+                let zs: Vec<f32> = seeds
+                    .iter()
+                    .flat_map(|s| latent::seed_latent(*s, d))
+                    .collect();
                 let labels = seeds.iter().map(|s| format!("seed {s}")).collect();
                 decode_tiles(loaded, &zs, labels)
             }
             Job::Plane { cols, rows } => {
                 if d != 2 {
-                    return Err(format!("the latent plane needs a 2-d latent; this one has {d}"));
+                    return Err(format!(
+                        "the latent plane needs a 2-d latent; this one has {d}"
+                    ));
                 }
                 let zs = latent::plane(*cols, *rows, 2.0);
-                let labels = zs.chunks(2).map(|z| format!("z ({:.1}, {:.1})", z[0], z[1])).collect();
+                let labels = zs
+                    .chunks(2)
+                    .map(|z| format!("z ({:.1}, {:.1})", z[0], z[1]))
+                    .collect();
                 decode_tiles(loaded, &zs, labels)
             }
             Job::Walk { seed, dim, steps } => {
                 let z = latent::seed_latent(*seed, d);
                 let zs = latent::walk(&z, (*dim).min(d.saturating_sub(1)), *steps, 3.0);
-                let labels = zs.chunks(d).map(|z| format!("z{dim} = {:+.1}", z[*dim % d])).collect();
+                let labels = zs
+                    .chunks(d)
+                    .map(|z| format!("z{dim} = {:+.1}", z[*dim % d]))
+                    .collect();
                 decode_tiles(loaded, &zs, labels)
             }
             Job::TimeLapse { seed, checkpoints } => time_lapse(*seed, checkpoints),
@@ -300,20 +319,34 @@ impl Engine {
         let s = loaded.model.shape;
         let mut tiles = Vec::with_capacity(2 * picked.len());
         for (k, i) in picked.iter().enumerate() {
-            tiles.push(Tile { image: ds.rgb_image(*i), label: short(&ds.labels[*i]) });
+            tiles.push(Tile {
+                image: ds.rgb_image(*i),
+                label: short(&ds.labels[*i]),
+            });
             let chw = &decoded[k * s.numel()..(k + 1) * s.numel()];
-            tiles.push(Tile { image: chw_to_rgb(chw, s.channels, s.height, s.width), label: "model".into() });
+            tiles.push(Tile {
+                image: chw_to_rgb(chw, s.channels, s.height, s.width),
+                label: "model".into(),
+            });
         }
         Ok(tiles)
     }
 
-    fn interp(&mut self, a: Endpoint, b: Endpoint, steps: usize, blend: Blend) -> Result<Vec<Tile>, String> {
+    fn interp(
+        &mut self,
+        a: Endpoint,
+        b: Endpoint,
+        steps: usize,
+        blend: Blend,
+    ) -> Result<Vec<Tile>, String> {
         let za = self.endpoint(a)?;
         let zb = self.endpoint(b)?;
         let loaded = self.model.as_ref().ok_or("no model loaded yet")?;
         let zs = latent::interpolate(&za, &zb, steps, blend);
         let n = steps.max(2);
-        let labels = (0..n).map(|i| format!("t = {:.2}", i as f32 / (n - 1) as f32)).collect();
+        let labels = (0..n)
+            .map(|i| format!("t = {:.2}", i as f32 / (n - 1) as f32))
+            .collect();
         decode_tiles(loaded, &zs, labels)
     }
 
@@ -335,18 +368,28 @@ impl Engine {
         let ds = self.dataset()?;
         let loaded = self.model.as_ref().ok_or("no model loaded yet")?;
         let d = loaded.model.config.latent;
-        let zs: Vec<f32> = seeds.iter().flat_map(|s| latent::seed_latent(*s, d)).collect();
+        let zs: Vec<f32> = seeds
+            .iter()
+            .flat_map(|s| latent::seed_latent(*s, d))
+            .collect();
         let decoded = model::decode_to_u8(&loaded.model, &zs).map_err(|e| e.to_string())?;
         let s = loaded.model.shape;
         let n = s.numel();
         let mut tiles = Vec::with_capacity(2 * seeds.len());
         for (k, seed) in seeds.iter().enumerate() {
             let face = &decoded[k * n..(k + 1) * n];
-            let (i, dist) = latent::nearest(face, &ds.pixels).ok_or("the training data is empty")?;
+            let (i, dist) =
+                latent::nearest(face, &ds.pixels).ok_or("the training data is empty")?;
             let rms = (dist as f64 / n as f64).sqrt();
             let image = chw_to_rgb(face, s.channels, s.height, s.width);
-            tiles.push(Tile { image, label: format!("seed {seed}") });
-            tiles.push(Tile { image: ds.rgb_image(i), label: format!("{} · rms {rms:.1}", short(&ds.labels[i])) });
+            tiles.push(Tile {
+                image,
+                label: format!("seed {seed}"),
+            });
+            tiles.push(Tile {
+                image: ds.rgb_image(i),
+                label: format!("{} · rms {rms:.1}", short(&ds.labels[i])),
+            });
         }
         Ok(tiles)
     }
@@ -362,7 +405,10 @@ fn encode(loaded: &Loaded, ds: &Dataset, indices: &[usize]) -> Result<Vec<f32>, 
     let shape = (indices.len(), s.channels, s.height, s.width);
     let t = Tensor::from_vec(xs, shape, &Device::Cpu).map_err(|e| e.to_string())?;
     let enc = loaded.model.encode(&t).map_err(|e| e.to_string())?;
-    enc.mu.flatten_all().and_then(|m| m.to_vec1()).map_err(|e| e.to_string())
+    enc.mu
+        .flatten_all()
+        .and_then(|m| m.to_vec1())
+        .map_err(|e| e.to_string())
 }
 
 fn decode_tiles(loaded: &Loaded, zs: &[f32], labels: Vec<String>) -> Result<Vec<Tile>, String> {
@@ -372,7 +418,10 @@ fn decode_tiles(loaded: &Loaded, zs: &[f32], labels: Vec<String>) -> Result<Vec<
     let tiles = pixels
         .chunks_exact(s.numel().max(1))
         .zip(labels)
-        .map(|(chw, label)| Tile { image: chw_to_rgb(chw, s.channels, s.height, s.width), label })
+        .map(|(chw, label)| Tile {
+            image: chw_to_rgb(chw, s.channels, s.height, s.width),
+            label,
+        })
         .collect();
     Ok(tiles)
 }
@@ -382,7 +431,9 @@ pub fn spread<T: Clone>(items: &[T], max: usize) -> Vec<T> {
     if items.len() <= max || max < 2 {
         return items.iter().take(max).cloned().collect();
     }
-    (0..max).map(|k| items[k * (items.len() - 1) / (max - 1)].clone()).collect()
+    (0..max)
+        .map(|k| items[k * (items.len() - 1) / (max - 1)].clone())
+        .collect()
 }
 
 fn time_lapse(seed: u64, checkpoints: &[PathBuf]) -> Result<Vec<Tile>, String> {
@@ -405,9 +456,14 @@ fn sample_lapse(index: usize, files: &[(u64, PathBuf)]) -> Result<Vec<Tile>, Str
     }
     let mut tiles = Vec::new();
     for (step, path) in spread(files, TIME_LAPSE_MAX) {
-        let grid = image::open(&path).map_err(|e| format!("{}: {e}", path.display()))?.to_rgb8();
+        let grid = image::open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .to_rgb8();
         if let Some(image) = grid_tile(&grid, crate::train::SAMPLE_COUNT, index) {
-            tiles.push(Tile { image, label: format!("step {step}") });
+            tiles.push(Tile {
+                image,
+                label: format!("step {step}"),
+            });
         }
     }
     Ok(tiles)
@@ -421,11 +477,17 @@ pub fn grid_tile(grid: &RgbImage, count: usize, index: usize) -> Option<RgbImage
     let tile_w = (grid.width().checked_sub(gap)? / cols).checked_sub(gap)?;
     let tile_h = (grid.height().checked_sub(gap)? / rows).checked_sub(gap)?;
     let i = (index % count) as u32;
-    let (x, y) = (gap + (i % cols) * (tile_w + gap), gap + (i / cols) * (tile_h + gap));
-    (tile_w > 0 && tile_h > 0).then(|| image::imageops::crop_imm(grid, x, y, tile_w, tile_h).to_image())
+    let (x, y) = (
+        gap + (i % cols) * (tile_w + gap),
+        gap + (i / cols) * (tile_h + gap),
+    );
+    (tile_w > 0 && tile_h > 0)
+        .then(|| image::imageops::crop_imm(grid, x, y, tile_w, tile_h).to_image())
 }
 
 /// The file name of a data set label; the studio escapes it before showing it.
 fn short(label: &str) -> String {
-    Path::new(label).file_name().map_or(label.into(), |n| n.to_string_lossy().into_owned())
+    Path::new(label)
+        .file_name()
+        .map_or(label.into(), |n| n.to_string_lossy().into_owned())
 }

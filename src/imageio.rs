@@ -44,7 +44,11 @@ pub fn grid(images: &[u8], channels: usize, h: usize, w: usize, cols: usize) -> 
 /// Encodes an image as PNG bytes.
 pub fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("PNG encoding into memory");
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .expect("PNG encoding into memory");
     bytes
 }
 

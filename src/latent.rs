@@ -52,7 +52,11 @@ pub fn slerp(a: &[f32], b: &[f32], t: f32) -> Vec<f32> {
     if na < 1e-8 || nb < 1e-8 {
         return lerp(a, b, t);
     }
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let cos = (dot / (na * nb)).clamp(-1.0, 1.0);
     let omega = cos.acos();
     let sin = omega.sin();
@@ -121,7 +125,10 @@ pub fn plane(cols: usize, rows: usize, span: f32) -> Vec<f32> {
 
 /// The Euclidean norm.
 pub fn norm(z: &[f32]) -> f64 {
-    z.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt()
+    z.iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt()
 }
 
 /// The index and squared pixel distance of the image in `images` (each `query.len()` bytes,
@@ -139,7 +146,10 @@ pub fn nearest(query: &[u8], images: &[u8]) -> Option<(usize, u64)> {
 
 /// The squared L2 distance of two byte images of one size.
 pub fn squared_distance(a: &[u8], b: &[u8]) -> u64 {
-    a.iter().zip(b).map(|(x, y)| (i64::from(*x) - i64::from(*y)).unsigned_abs().pow(2)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (i64::from(*x) - i64::from(*y)).unsigned_abs().pow(2))
+        .sum()
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! studio built on it; the `facestudio` binary is a thin command line over both.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod data;
 pub mod device;
 pub mod eval;
@@ -18,6 +20,4 @@ pub mod reload;
 pub mod rng;
 pub mod run;
 pub mod train;
-pub mod cli;
-pub mod control;
 pub mod tui;

@@ -11,7 +11,9 @@
 //! The `vb.pp(...)` names are the safetensors keys of a checkpoint.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear, VarBuilder, VarMap};
+use candle_nn::{
+    Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, Linear, VarBuilder, VarMap,
+};
 
 use crate::config::{Arch, ModelConfig, ModelKind, ReconLoss, Upsample};
 use crate::rng::Rng;
@@ -52,8 +54,19 @@ impl UpLayer {
 }
 
 enum Body {
-    Conv { down: Vec<Conv2d>, fc: Linear, up: Vec<UpLayer>, side: usize, top: usize },
-    Mlp { enc_hidden: Linear, dec_hidden: Linear, fc_out: Linear, fc_out_logvar: Option<Linear> },
+    Conv {
+        down: Vec<Conv2d>,
+        fc: Linear,
+        up: Vec<UpLayer>,
+        side: usize,
+        top: usize,
+    },
+    Mlp {
+        enc_hidden: Linear,
+        dec_hidden: Linear,
+        fc_out: Linear,
+        fc_out_logvar: Option<Linear>,
+    },
 }
 
 /// The output of the encoder for a batch.
@@ -108,7 +121,14 @@ impl Vae {
             ModelKind::Vae => Some(candle_nn::linear(features, d, vb.pp("fc_logvar"))?),
             ModelKind::Ae => None,
         };
-        Ok(Self { config: config.clone(), shape, body, fc_mu, fc_logvar, device: vb.device().clone() })
+        Ok(Self {
+            config: config.clone(),
+            shape,
+            body,
+            fc_mu,
+            fc_logvar,
+            device: vb.device().clone(),
+        })
     }
 
     /// The device the weights live on.
@@ -129,7 +149,11 @@ impl Vae {
             Body::Mlp { enc_hidden, .. } => enc_hidden.forward(&xs.flatten_from(1)?)?.tanh()?,
         };
         let mu = self.fc_mu.forward(&features)?;
-        let logvar = self.fc_logvar.as_ref().map(|l| l.forward(&features)).transpose()?;
+        let logvar = self
+            .fc_logvar
+            .as_ref()
+            .map(|l| l.forward(&features))
+            .transpose()?;
         Ok(Encoded { mu, logvar })
     }
 
@@ -138,7 +162,9 @@ impl Vae {
         let n = zs.dim(0)?;
         let s = self.shape;
         match &self.body {
-            Body::Conv { fc, up, side, top, .. } => {
+            Body::Conv {
+                fc, up, side, top, ..
+            } => {
                 let mut h = fc.forward(zs)?.reshape((n, *top, *side, *side))?;
                 for (i, layer) in up.iter().enumerate() {
                     h = layer.forward(&candle_nn::ops::leaky_relu(&h, LEAK)?)?;
@@ -146,9 +172,17 @@ impl Vae {
                         h = candle_nn::ops::sigmoid(&h)?;
                     }
                 }
-                Ok(Decoded { out: h, logvar: None })
+                Ok(Decoded {
+                    out: h,
+                    logvar: None,
+                })
             }
-            Body::Mlp { dec_hidden, fc_out, fc_out_logvar, .. } => {
+            Body::Mlp {
+                dec_hidden,
+                fc_out,
+                fc_out_logvar,
+                ..
+            } => {
                 let h = dec_hidden.forward(zs)?.tanh()?;
                 let mut out = fc_out.forward(&h)?;
                 if self.config.recon_loss != ReconLoss::Bce {
@@ -175,8 +209,14 @@ impl Vae {
 
     /// Draws latents for training: `mu + sigma * eps` with `eps` from `rng`; `mu` for `ae`.
     pub fn reparameterize(&self, enc: &Encoded, rng: &mut Rng) -> Result<Tensor> {
-        let Some(logvar) = &enc.logvar else { return Ok(enc.mu.clone()) };
-        let eps = Tensor::from_vec(rng.normals(enc.mu.elem_count()), enc.mu.shape(), &self.device)?;
+        let Some(logvar) = &enc.logvar else {
+            return Ok(enc.mu.clone());
+        };
+        let eps = Tensor::from_vec(
+            rng.normals(enc.mu.elem_count()),
+            enc.mu.shape(),
+            &self.device,
+        )?;
         enc.mu.add(&(logvar * 0.5)?.exp()?.mul(&eps)?)
     }
 
@@ -195,7 +235,10 @@ impl Vae {
                 (xs - &dec.out)?.sqr()?.affine(0.5 / (sigma * sigma), c)?
             }
             ReconLoss::Gaussian => {
-                let logvar = dec.logvar.as_ref().expect("the gaussian decoder has a logvar head");
+                let logvar = dec
+                    .logvar
+                    .as_ref()
+                    .expect("the gaussian decoder has a logvar head");
                 let c = 0.5 * (2.0 * std::f64::consts::PI).ln();
                 let sq = (xs - &dec.out)?.sqr()?.mul(&logvar.neg()?.exp()?)?;
                 ((sq + logvar)? * 0.5)?.affine(1.0, c)?
@@ -207,7 +250,9 @@ impl Vae {
     /// KL divergence of the posterior from N(0, I), per image `(n,)`.
     pub fn kl(&self, enc: &Encoded) -> Result<Tensor> {
         let n = enc.mu.dim(0)?;
-        let Some(logvar) = &enc.logvar else { return Tensor::zeros(n, DType::F32, &self.device) };
+        let Some(logvar) = &enc.logvar else {
+            return Tensor::zeros(n, DType::F32, &self.device);
+        };
         let inner = ((logvar.affine(1.0, 1.0)? - enc.mu.sqr()?)? - logvar.exp()?)?;
         (inner.sum(D::Minus1)? * -0.5)?.contiguous()
     }
@@ -226,11 +271,21 @@ impl Vae {
 
 fn build_conv(config: &ModelConfig, shape: ImageShape, vb: &VarBuilder) -> Result<(Body, usize)> {
     let widths = &config.widths;
-    let down_cfg = Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
+    let down_cfg = Conv2dConfig {
+        padding: 1,
+        stride: 2,
+        ..Default::default()
+    };
     let mut down = Vec::with_capacity(widths.len());
     let mut in_c = shape.channels;
     for (i, &w) in widths.iter().enumerate() {
-        down.push(candle_nn::conv2d(in_c, w, 4, down_cfg, vb.pp(format!("enc.conv{i}")))?);
+        down.push(candle_nn::conv2d(
+            in_c,
+            w,
+            4,
+            down_cfg,
+            vb.pp(format!("enc.conv{i}")),
+        )?);
         in_c = w;
     }
     let side = shape.height >> widths.len();
@@ -239,21 +294,41 @@ fn build_conv(config: &ModelConfig, shape: ImageShape, vb: &VarBuilder) -> Resul
     let fc = candle_nn::linear(config.latent, features, vb.pp("dec.fc"))?;
     let mut up = Vec::with_capacity(widths.len());
     for i in (0..widths.len()).rev() {
-        let out_c = if i == 0 { shape.channels } else { widths[i - 1] };
+        let out_c = if i == 0 {
+            shape.channels
+        } else {
+            widths[i - 1]
+        };
         let name = format!("dec.up{}", widths.len() - 1 - i);
         up.push(up_layer(config.upsample, widths[i], out_c, vb.pp(name))?);
     }
-    Ok((Body::Conv { down, fc, up, side, top }, features))
+    Ok((
+        Body::Conv {
+            down,
+            fc,
+            up,
+            side,
+            top,
+        },
+        features,
+    ))
 }
 
 fn up_layer(kind: Upsample, in_c: usize, out_c: usize, vb: VarBuilder) -> Result<UpLayer> {
     Ok(match kind {
         Upsample::Transpose => {
-            let cfg = ConvTranspose2dConfig { padding: 1, stride: 2, ..Default::default() };
+            let cfg = ConvTranspose2dConfig {
+                padding: 1,
+                stride: 2,
+                ..Default::default()
+            };
             UpLayer::Transpose(candle_nn::conv_transpose2d(in_c, out_c, 4, cfg, vb)?)
         }
         Upsample::Nearest => {
-            let cfg = Conv2dConfig { padding: 1, ..Default::default() };
+            let cfg = Conv2dConfig {
+                padding: 1,
+                ..Default::default()
+            };
             UpLayer::Nearest(candle_nn::conv2d(in_c, out_c, 3, cfg, vb)?)
         }
     })
@@ -268,14 +343,27 @@ fn build_mlp(config: &ModelConfig, shape: ImageShape, vb: &VarBuilder) -> Result
         ReconLoss::Gaussian => Some(candle_nn::linear(hidden, pixels, vb.pp("dec.out_logvar"))?),
         _ => None,
     };
-    Ok((Body::Mlp { enc_hidden, dec_hidden, fc_out, fc_out_logvar }, hidden))
+    Ok((
+        Body::Mlp {
+            enc_hidden,
+            dec_hidden,
+            fc_out,
+            fc_out_logvar,
+        },
+        hidden,
+    ))
 }
 
 /// Builds a model with freshly initialised weights drawn from `seed`.
 ///
 /// candle's own initialisers draw from an unseedable generator, so every weight is overwritten
 /// here from [`Rng`]: uniform in `±1/sqrt(fan_in)` (PyTorch's default scale), biases too.
-pub fn init(config: &ModelConfig, shape: ImageShape, seed: u64, device: &Device) -> Result<(Vae, VarMap)> {
+pub fn init(
+    config: &ModelConfig,
+    shape: ImageShape,
+    seed: u64,
+    device: &Device,
+) -> Result<(Vae, VarMap)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
     let model = Vae::new(config, shape, vb)?;
@@ -287,7 +375,9 @@ pub fn init(config: &ModelConfig, shape: ImageShape, seed: u64, device: &Device)
         let fan_in = fan_in(name, var.dims(), &vars);
         let bound = 1.0 / (fan_in as f64).sqrt();
         let mut rng = Rng::keyed(seed, name, 0);
-        let values: Vec<f32> = (0..var.elem_count()).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         var.set(&Tensor::from_vec(values, var.shape(), device)?)?;
     }
     drop(vars);
@@ -298,9 +388,15 @@ pub fn init(config: &ModelConfig, shape: ImageShape, seed: u64, device: &Device)
 ///
 /// Convolutions store `(out, in, k, k)` and transposed ones `(in, out, k, k)`; PyTorch takes
 /// the fan-in of both from dimension 1, and so does this, to match its default scale.
-fn fan_in(name: &str, dims: &[usize], vars: &std::collections::HashMap<String, candle_core::Var>) -> usize {
+fn fan_in(
+    name: &str,
+    dims: &[usize],
+    vars: &std::collections::HashMap<String, candle_core::Var>,
+) -> usize {
     let weight_dims = match name.strip_suffix(".bias") {
-        Some(layer) => vars.get(&format!("{layer}.weight")).map(|v| v.dims().to_vec()),
+        Some(layer) => vars
+            .get(&format!("{layer}.weight"))
+            .map(|v| v.dims().to_vec()),
         None => None,
     }
     .unwrap_or_else(|| dims.to_vec());
@@ -314,7 +410,8 @@ fn fan_in(name: &str, dims: &[usize], vars: &std::collections::HashMap<String, c
 /// Sorted `(name, variable)` pairs of a model's weights.
 pub fn named_vars(varmap: &VarMap) -> Vec<(String, candle_core::Var)> {
     let vars = varmap.data().lock().expect("varmap lock");
-    let mut all: Vec<(String, candle_core::Var)> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut all: Vec<(String, candle_core::Var)> =
+        vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     all
 }
@@ -350,7 +447,11 @@ mod tests {
     }
 
     fn shape(c: &ModelConfig) -> ImageShape {
-        ImageShape { channels: 3, height: c.image_size, width: c.image_size }
+        ImageShape {
+            channels: 3,
+            height: c.image_size,
+            width: c.image_size,
+        }
     }
 
     #[test]
@@ -374,7 +475,12 @@ mod tests {
         let z = Tensor::ones((1, 4), DType::F32, &Device::Cpu).unwrap();
         let out = |seed| {
             let (m, _) = init(&c, shape(&c), seed, &Device::Cpu).unwrap();
-            m.decode(&z).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            m.decode(&z)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         assert_eq!(out(1), out(1));
         assert_ne!(out(1), out(2));
@@ -386,7 +492,14 @@ mod tests {
         let (m, _) = init(&c, shape(&c), 0, &Device::Cpu).unwrap();
         let mu = Tensor::new(&[[1.0f32, 0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
         let logvar = Tensor::new(&[[0.0f32, 2.0f32.ln(), 0.0, 0.0]], &Device::Cpu).unwrap();
-        let kl = m.kl(&Encoded { mu, logvar: Some(logvar) }).unwrap().to_vec1::<f32>().unwrap()[0];
+        let kl = m
+            .kl(&Encoded {
+                mu,
+                logvar: Some(logvar),
+            })
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()[0];
         // 0.5 * (mu^2) + 0.5 * (sigma^2 - 1 - ln sigma^2) for the two non-trivial dimensions
         let expected = 0.5 + 0.5 * (2.0 - 1.0 - 2.0f32.ln());
         assert!((kl - expected).abs() < 1e-5, "{kl} vs {expected}");
@@ -398,7 +511,15 @@ mod tests {
         let (m, _) = init(&c, shape(&c), 0, &Device::Cpu).unwrap();
         let logits = Tensor::full(0.3f32, (1, 3, 32, 32), &Device::Cpu).unwrap();
         let xs = Tensor::full(0.8f32, (1, 3, 32, 32), &Device::Cpu).unwrap();
-        let nll = m.recon_nll(&Decoded { out: logits, logvar: None }, &xs).unwrap();
+        let nll = m
+            .recon_nll(
+                &Decoded {
+                    out: logits,
+                    logvar: None,
+                },
+                &xs,
+            )
+            .unwrap();
         let p = 1.0 / (1.0 + (-0.3f64).exp());
         let direct = -(0.8 * p.ln() + 0.2 * (1.0 - p).ln()) * 3072.0;
         let got = nll.to_vec1::<f32>().unwrap()[0] as f64;

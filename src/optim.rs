@@ -3,8 +3,8 @@
 //! candle-nn's `AdamW` keeps its moments private, so a resumed run would restart them from
 //! zero and train differently from one that never stopped. This one exposes them.
 
-use candle_core::{backprop::GradStore, Result, Tensor};
 use candle_core::Var;
+use candle_core::{backprop::GradStore, Result, Tensor};
 
 use crate::checkpoint::AdamMeta;
 
@@ -31,10 +31,27 @@ pub struct UpdateInfo {
 impl Adam {
     /// Fresh moments for `vars`.
     pub fn new(vars: Vec<(String, Var)>, lr: f64) -> Result<Self> {
-        let m = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let v = vars.iter().map(|(_, v)| v.zeros_like()).collect::<Result<Vec<_>>>()?;
-        let meta = AdamMeta { t: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
-        Ok(Self { vars, m, v, meta, lr })
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let meta = AdamMeta {
+            t: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        Ok(Self {
+            vars,
+            m,
+            v,
+            meta,
+            lr,
+        })
     }
 
     /// Restores saved moments, by variable name.
@@ -83,12 +100,21 @@ impl Adam {
         let clipped = clip > 0.0 && grad_norm > clip;
         let scale = if clipped { clip / grad_norm } else { 1.0 };
         self.meta.t += 1;
-        let AdamMeta { t, beta1, beta2, eps } = self.meta;
+        let AdamMeta {
+            t,
+            beta1,
+            beta2,
+            eps,
+        } = self.meta;
         let bc1 = 1.0 - beta1.powi(t as i32);
         let bc2 = 1.0 - beta2.powi(t as i32);
         let step_size = self.lr / bc1;
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let g = if clipped { (&gs[i] * scale)? } else { gs[i].clone() };
+            let g = if clipped {
+                (&gs[i] * scale)?
+            } else {
+                gs[i].clone()
+            };
             let m = ((&self.m[i] * beta1)? + (&g * (1.0 - beta1))?)?;
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + eps)?;

@@ -44,7 +44,9 @@ fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
     }
 }
 
@@ -59,7 +61,10 @@ impl FileWatcher {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for f in files {
             let abs = absolute(f);
-            let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+            let dir = abs
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/"));
             if !dirs.contains(&dir) {
                 watcher.watch(&dir, RecursiveMode::NonRecursive)?;
                 dirs.push(dir);
@@ -68,13 +73,19 @@ impl FileWatcher {
         }
         // Fingerprints are taken now, not on the thread, so a save made right after this call
         // returns is never mistaken for the starting content.
-        let last_seen = targets.keys().map(|p| (p.clone(), fingerprint(p))).collect();
+        let last_seen = targets
+            .keys()
+            .map(|p| (p.clone(), fingerprint(p)))
+            .collect();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("file-watch".into())
             .spawn(move || debounce(raw_rx, targets, last_seen, tx))
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        Ok(Self { _watcher: watcher, rx })
+        Ok(Self {
+            _watcher: watcher,
+            rx,
+        })
     }
 
     /// Watches every file directly inside `dir` (a themes folder, say).
@@ -100,7 +111,10 @@ fn debounce(
 ) {
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     loop {
-        let timeout = pending.values().map(|t| (*t + DEBOUNCE).saturating_duration_since(Instant::now())).min();
+        let timeout = pending
+            .values()
+            .map(|t| (*t + DEBOUNCE).saturating_duration_since(Instant::now()))
+            .min();
         let event = match timeout {
             Some(t) => raw.recv_timeout(t),
             None => raw.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -117,7 +131,11 @@ fn debounce(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
-        let settled: Vec<PathBuf> = pending.iter().filter(|(_, t)| now >= **t + DEBOUNCE).map(|(p, _)| p.clone()).collect();
+        let settled: Vec<PathBuf> = pending
+            .iter()
+            .filter(|(_, t)| now >= **t + DEBOUNCE)
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in settled {
             pending.remove(&p);
             let fp = fingerprint(&p);
@@ -126,7 +144,12 @@ fn debounce(
                 continue;
             }
             last_seen.insert(p.clone(), fp);
-            if tx.send(Changed { path: targets[&p].clone() }).is_err() {
+            if tx
+                .send(Changed {
+                    path: targets[&p].clone(),
+                })
+                .is_err()
+            {
                 return;
             }
         }

@@ -13,7 +13,9 @@ pub struct Rng {
 impl Rng {
     /// A generator for `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed ^ 0x9E37_79B9_7F4A_7C15 }
+        Self {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+        }
     }
 
     /// A generator for one purpose of one seed, such as the noise of one step.
@@ -76,7 +78,10 @@ mod tests {
     fn same_seed_same_stream() {
         let a: Vec<u64> = (0..5).map(|_| Rng::new(7).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        assert_ne!(Rng::keyed(1, "noise", 3).next_u64(), Rng::keyed(1, "noise", 4).next_u64());
+        assert_ne!(
+            Rng::keyed(1, "noise", 3).next_u64(),
+            Rng::keyed(1, "noise", 4).next_u64()
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
@@ -61,7 +64,10 @@ impl RunDir {
 
     /// The run's name (its folder name).
     pub fn name(&self) -> String {
-        self.root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        self.root
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// `config.toml`: the effective configuration.
@@ -107,7 +113,11 @@ impl RunDir {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let step = name.strip_prefix("step-")?.strip_suffix(".png")?.parse().ok()?;
+                let step = name
+                    .strip_prefix("step-")?
+                    .strip_suffix(".png")?
+                    .parse()
+                    .ok()?;
                 Some((step, e.path()))
             })
             .collect();
@@ -120,7 +130,9 @@ impl RunDir {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Another live process holds the lock.
-    #[error("{path}: run is in use by process {pid} on {host}; stop it first or pick another --run")]
+    #[error(
+        "{path}: run is in use by process {pid} on {host}; stop it first or pick another --run"
+    )]
     Locked {
         /// The lock file.
         path: PathBuf,
@@ -166,7 +178,10 @@ impl RunLock {
         for _ in 0..3 {
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
-                    f.write_all(me.as_bytes()).map_err(|e| RunError::Io { path: path.clone(), source: e })?;
+                    f.write_all(me.as_bytes()).map_err(|e| RunError::Io {
+                        path: path.clone(),
+                        source: e,
+                    })?;
                     return Ok(Self { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -188,7 +203,10 @@ impl RunLock {
                 Err(e) => return Err(RunError::Io { path, source: e }),
             }
         }
-        Err(RunError::Io { path, source: std::io::Error::other("lock keeps changing hands") })
+        Err(RunError::Io {
+            path,
+            source: std::io::Error::other("lock keeps changing hands"),
+        })
     }
 }
 
@@ -286,8 +304,14 @@ impl MetricsWriter {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| RunError::Io { path: path.to_path_buf(), source: e })?;
-        Ok(Self { file, path: path.to_path_buf() })
+            .map_err(|e| RunError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            })?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends one record as a single write, so a crash cannot interleave two lines.
@@ -296,7 +320,10 @@ impl MetricsWriter {
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
-            .map_err(|e| RunError::Io { path: self.path.clone(), source: e })
+            .map_err(|e| RunError::Io {
+                path: self.path.clone(),
+                source: e,
+            })
     }
 }
 
@@ -318,7 +345,10 @@ pub fn read_metrics(path: &Path) -> Result<(Vec<Record>, usize), RunError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse_metrics(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((vec![], 0)),
-        Err(e) => Err(RunError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => Err(RunError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -332,7 +362,10 @@ pub fn truncate_metrics(path: &Path, step: u64) -> Result<usize, RunError> {
         text.push_str(&serde_json::to_string(r).expect("records serialise"));
         text.push('\n');
     }
-    atomic_write(path, text.as_bytes()).map_err(|e| RunError::Io { path: path.to_path_buf(), source: e })?;
+    atomic_write(path, text.as_bytes()).map_err(|e| RunError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     Ok(kept.len())
 }
 
@@ -380,7 +413,11 @@ mod tests {
         assert!(e.contains("in use by process"), "{e}");
         drop(lock);
         // A lock left by a process that no longer exists.
-        std::fs::write(run.lock_path(), format!("{} {}\n", u32::MAX / 2, host_name())).unwrap();
+        std::fs::write(
+            run.lock_path(),
+            format!("{} {}\n", u32::MAX / 2, host_name()),
+        )
+        .unwrap();
         assert!(RunLock::acquire(&run).is_ok());
     }
 
@@ -390,10 +427,25 @@ mod tests {
         let p = d.join("metrics.jsonl");
         let mut w = MetricsWriter::open(&p).unwrap();
         for step in 1..=5 {
-            let r = StepRecord { step, epoch: 0.0, time: 0.0, total: 1.0, recon: 1.0, kl: 0.0, beta: 1.0, lr: 0.1, ips: 1.0 };
+            let r = StepRecord {
+                step,
+                epoch: 0.0,
+                time: 0.0,
+                total: 1.0,
+                recon: 1.0,
+                kl: 0.0,
+                beta: 1.0,
+                lr: 0.1,
+                ips: 1.0,
+            };
             w.append(&Record::Train(r)).unwrap();
         }
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"kind\":\"tra").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"kind\":\"tra")
+            .unwrap();
         let (recs, skipped) = read_metrics(&p).unwrap();
         assert_eq!((recs.len(), skipped), (5, 1));
         assert_eq!(truncate_metrics(&p, 3).unwrap(), 3);

@@ -21,7 +21,9 @@ use crate::imageio;
 use crate::model::{self, ImageShape, Vae};
 use crate::optim::Adam;
 use crate::rng::Rng;
-use crate::run::{self, MetricsWriter, Record, RunDir, RunLock, SettingRecord, StepRecord, ValRecord};
+use crate::run::{
+    self, MetricsWriter, Record, RunDir, RunLock, SettingRecord, StepRecord, ValRecord,
+};
 
 /// Faces in the fixed sample grid.
 pub const SAMPLE_COUNT: usize = 64;
@@ -255,7 +257,14 @@ struct Window {
 
 impl Window {
     fn new() -> Self {
-        Self { steps: 0, images: 0, total: 0.0, recon: 0.0, kl: 0.0, since: Instant::now() }
+        Self {
+            steps: 0,
+            images: 0,
+            total: 0.0,
+            recon: 0.0,
+            kl: 0.0,
+            since: Instant::now(),
+        }
     }
 }
 
@@ -278,6 +287,9 @@ struct Trainer {
     train_seconds: f64,
     latents: Vec<f32>,
     last_checkpoint: Instant,
+    /// The step from which the newest live learning-rate change applied: checkpoints after it
+    /// may already carry the damage of a rate that turned out too high.
+    lr_changed_at: Option<u64>,
     last_record: Option<StepRecord>,
     state: TrainState,
 }
@@ -285,11 +297,21 @@ struct Trainer {
 impl Trainer {
     fn setup(opts: Options, emit: &dyn Fn(Event)) -> Result<Self, TrainError> {
         let run = opts.run;
-        run.create().map_err(|e| run::RunError::Io { path: run.root.clone(), source: e })?;
+        run.create().map_err(|e| run::RunError::Io {
+            path: run.root.clone(),
+            source: e,
+        })?;
         let lock = RunLock::acquire(&run)?;
-        let resume_from = if opts.resume { checkpoint::list(&run.checkpoints()).pop() } else { None };
+        let resume_from = if opts.resume {
+            checkpoint::list(&run.checkpoints()).pop()
+        } else {
+            None
+        };
         if opts.resume && resume_from.is_none() {
-            emit(Event::Log(Level::Warn, "no checkpoint to resume from; starting fresh".into()));
+            emit(Event::Log(
+                Level::Warn,
+                "no checkpoint to resume from; starting fresh".into(),
+            ));
         }
         if !opts.resume && !checkpoint::list(&run.checkpoints()).is_empty() {
             return Err(TrainError::Other(format!(
@@ -298,32 +320,46 @@ impl Trainer {
             )));
         }
         let mut config = opts.config;
-        let choice = crate::device::DeviceChoice::parse(&config.train.device).map_err(TrainError::Other)?;
-        let device = choice.open().map_err(|e| TrainError::Other(format!("{e:#}")))?;
-        let loaded = match &resume_from {
-            Some(entry) => {
-                let loaded = checkpoint::load(&entry.meta, &device)?;
+        let choice =
+            crate::device::DeviceChoice::parse(&config.train.device).map_err(TrainError::Other)?;
+        let device = choice
+            .open()
+            .map_err(|e| TrainError::Other(format!("{e:#}")))?;
+        let loaded = match load_newest_good(&run, resume_from.is_some(), &device, emit) {
+            Some(loaded) => {
                 // The model and data of a run are fixed; its live settings continue from the file.
                 let live_train = config.train.clone();
                 let live_ui = config.ui.clone();
                 config = loaded.meta.config.clone();
-                config.train.steps = live_train.steps.max(config.train.steps);
+                config.train.steps = live_train.steps;
                 config.ui = live_ui;
                 Some(loaded)
             }
             None => None,
         };
         let on = crate::device::describe(&device);
-        emit(Event::Log(Level::Info, format!("loading data `{}` for {on}", config.data.source)));
+        emit(Event::Log(
+            Level::Info,
+            format!("loading data `{}` for {on}", config.data.source),
+        ));
         let data = data::load(&config)?;
         for bad in data.bad_files.iter().take(20) {
-            emit(Event::Log(Level::Warn, format!("skipped {}: {}", bad.path.display(), bad.reason)));
+            emit(Event::Log(
+                Level::Warn,
+                format!("skipped {}: {}", bad.path.display(), bad.reason),
+            ));
         }
         let split = batcher::split(data.len(), config.data.val_fraction, config.train.seed);
         if split.train.is_empty() {
-            return Err(TrainError::Other("no training images left after the validation split".into()));
+            return Err(TrainError::Other(
+                "no training images left after the validation split".into(),
+            ));
         }
-        let shape = ImageShape { channels: data.channels, height: data.height, width: data.width };
+        let shape = ImageShape {
+            channels: data.channels,
+            height: data.height,
+            width: data.width,
+        };
         let (model, varmap, adam, step, position, train_seconds) = match loaded {
             Some(loaded) => {
                 if loaded.meta.shape != shape {
@@ -337,22 +373,42 @@ impl Trainer {
                 adam.restore(loaded.meta.adam, &moments)?;
                 let m = &loaded.meta;
                 let cut = run::truncate_metrics(&run.metrics(), m.step)?;
-                emit(Event::Log(Level::Info, format!("resumed from step {} ({cut} metric records kept)", m.step)));
-                (loaded.model, loaded.varmap, adam, m.step, m.position, m.train_seconds)
+                emit(Event::Log(
+                    Level::Info,
+                    format!("resumed from step {} ({cut} metric records kept)", m.step),
+                ));
+                (
+                    loaded.model,
+                    loaded.varmap,
+                    adam,
+                    m.step,
+                    m.position,
+                    m.train_seconds,
+                )
             }
             None => {
-                let (model, varmap) = model::init(&config.model, shape, config.train.seed, &device)?;
+                if opts.resume {
+                    // A fresh start keeps nothing of an earlier attempt's metrics.
+                    run::truncate_metrics(&run.metrics(), 0)?;
+                }
+                let (model, varmap) =
+                    model::init(&config.model, shape, config.train.seed, &device)?;
                 let adam = Adam::new(model::named_vars(&varmap), config.train.lr)?;
                 // A fresh run starts a fresh metrics file.
-                run::atomic_write(&run.metrics(), b"")
-                    .map_err(|e| run::RunError::Io { path: run.metrics(), source: e })?;
+                run::atomic_write(&run.metrics(), b"").map_err(|e| run::RunError::Io {
+                    path: run.metrics(),
+                    source: e,
+                })?;
                 (model, varmap, adam, 0, Position::default(), 0.0)
             }
         };
         drop(varmap);
         write_config(&run, &config)?;
         let metrics = MetricsWriter::open(&run.metrics())?;
-        let settings = Arc::new(EpochSettings::new(config.train.batch_size, config.data.flip));
+        let settings = Arc::new(EpochSettings::new(
+            config.train.batch_size,
+            config.data.flip,
+        ));
         let data = Arc::new(data);
         let train_ids = Arc::new(split.train);
         let batches = batcher::batches_per_epoch(train_ids.len(), config.train.batch_size) as f64;
@@ -391,6 +447,7 @@ impl Trainer {
             train_seconds,
             latents,
             last_checkpoint: Instant::now(),
+            lr_changed_at: None,
             last_record: None,
             state: TrainState::Loading,
         })
@@ -474,7 +531,11 @@ impl Trainer {
             let recon = losses.recon.to_scalar::<f32>()? as f64;
             let kl = losses.kl.to_scalar::<f32>()? as f64;
             if !total.is_finite() {
-                let what = format!("loss is {total} at step {} (recon {recon}, KL {kl}, lr {:.3e})", self.step + 1, self.adam.lr);
+                let what = format!(
+                    "loss is {total} at step {} (recon {recon}, KL {kl}, lr {:.3e})",
+                    self.step + 1,
+                    self.adam.lr
+                );
                 self.diverged(what, emit);
                 continue;
             }
@@ -483,7 +544,11 @@ impl Trainer {
             if !info.grad_norm.is_finite() {
                 // The update already happened with a non-finite gradient: the weights are
                 // poisoned, so only a rollback can help.
-                let what = format!("gradient norm is {} at step {}", info.grad_norm, self.step + 1);
+                let what = format!(
+                    "gradient norm is {} at step {}",
+                    info.grad_norm,
+                    self.step + 1
+                );
                 self.diverged(what, emit);
                 continue;
             }
@@ -491,9 +556,13 @@ impl Trainer {
             self.position = batch.position;
             self.position.batch += 1;
             if self.position.batch >= batch.batches_in_epoch {
-                self.position = Position { epoch: self.position.epoch + 1, batch: 0 };
+                self.position = Position {
+                    epoch: self.position.epoch + 1,
+                    batch: 0,
+                };
             }
-            self.epoch = batch.position.epoch as f64 + (batch.position.batch + 1) as f64 / batch.batches_in_epoch as f64;
+            self.epoch = batch.position.epoch as f64
+                + (batch.position.batch + 1) as f64 / batch.batches_in_epoch as f64;
             let step_time = t0.elapsed();
             busy += step_time;
             self.train_seconds += step_time.as_secs_f64();
@@ -513,7 +582,11 @@ impl Trainer {
             steps_this_session: steps,
             completed: self.step >= self.config.train.steps,
             images_per_second: images / secs,
-            data_wait_fraction: if busy.is_zero() { 0.0 } else { wait.as_secs_f64() / busy.as_secs_f64() },
+            data_wait_fraction: if busy.is_zero() {
+                0.0
+            } else {
+                wait.as_secs_f64() / busy.as_secs_f64()
+            },
             last: self.last_record.clone(),
         };
         tracing::info!(
@@ -550,7 +623,10 @@ impl Trainer {
             match self.validate() {
                 Ok(rec) => {
                     self.record(Record::Val(rec.clone()), emit);
-                    emit(Event::Log(Level::Info, format!("validation at step {}: -ELBO {:.2}", rec.step, rec.total)));
+                    emit(Event::Log(
+                        Level::Info,
+                        format!("validation at step {}: -ELBO {:.2}", rec.step, rec.total),
+                    ));
                     emit(Event::Val(rec));
                 }
                 Err(e) => emit(Event::Log(Level::Error, format!("validation failed: {e}"))),
@@ -559,7 +635,8 @@ impl Trainer {
         if self.step % t.sample_every == 0 {
             self.sample(emit);
         }
-        let by_time = t.checkpoint_minutes > 0.0 && self.last_checkpoint.elapsed().as_secs_f64() >= t.checkpoint_minutes * 60.0;
+        let by_time = t.checkpoint_minutes > 0.0
+            && self.last_checkpoint.elapsed().as_secs_f64() >= t.checkpoint_minutes * 60.0;
         if self.step % t.checkpoint_every == 0 || by_time {
             self.checkpoint(emit);
         }
@@ -577,13 +654,19 @@ impl Trainer {
             Command::Pause => {
                 if self.state == TrainState::Running {
                     self.set_state(TrainState::Paused, emit);
-                    emit(Event::Log(Level::Info, format!("paused at step {}", self.step)));
+                    emit(Event::Log(
+                        Level::Info,
+                        format!("paused at step {}", self.step),
+                    ));
                 }
             }
             Command::Resume => match self.state.clone() {
                 TrainState::Paused => {
                     self.set_state(TrainState::Running, emit);
-                    emit(Event::Log(Level::Info, format!("resumed at step {}", self.step)));
+                    emit(Event::Log(
+                        Level::Info,
+                        format!("resumed at step {}", self.step),
+                    ));
                 }
                 TrainState::WriteFailed { .. } => {
                     self.set_state(TrainState::Running, emit);
@@ -600,18 +683,39 @@ impl Trainer {
     }
 
     fn diverged(&mut self, what: String, emit: &dyn Fn(Event)) {
-        emit(Event::Log(Level::Error, format!("diverged: {what}; roll back to the last checkpoint with a lower learning rate")));
-        self.set_state(TrainState::Diverged { step: self.step + 1, what }, emit);
+        emit(Event::Log(
+            Level::Error,
+            format!(
+                "diverged: {what}; roll back to the last checkpoint with a lower learning rate"
+            ),
+        ));
+        self.set_state(
+            TrainState::Diverged {
+                step: self.step + 1,
+                what,
+            },
+            emit,
+        );
     }
 
     fn rollback(&mut self, lr_factor: f64, emit: &dyn Fn(Event)) -> Result<(), TrainError> {
         let new_lr = (self.config.train.lr * lr_factor).max(1e-12);
-        let last = checkpoint::list(&self.run.checkpoints()).pop();
+        let all = checkpoint::list(&self.run.checkpoints());
+        let before_change = self
+            .lr_changed_at
+            .and_then(|at| all.iter().rev().find(|e| e.step < at).cloned());
+        let last = before_change.or_else(|| all.last().cloned());
+        self.lr_changed_at = None;
         match last {
             Some(entry) => {
                 let loaded = checkpoint::load(&entry.meta, &self.device)?;
                 let moments = checkpoint::load_moments(&loaded, &self.device)?;
-                for ((_, var), (_, new)) in self.adam.vars().iter().zip(model::named_vars(&loaded.varmap)) {
+                for ((_, var), (_, new)) in self
+                    .adam
+                    .vars()
+                    .iter()
+                    .zip(model::named_vars(&loaded.varmap))
+                {
                     var.set(new.as_tensor())?;
                 }
                 self.adam.restore(loaded.meta.adam, &moments)?;
@@ -621,8 +725,14 @@ impl Trainer {
                 self.train_seconds = loaded.meta.train_seconds;
             }
             None => {
-                let (fresh, varmap) = model::init(&self.config.model, self.model.shape, self.config.train.seed, &self.device)?;
-                for ((_, var), (_, new)) in self.adam.vars().iter().zip(model::named_vars(&varmap)) {
+                let (fresh, varmap) = model::init(
+                    &self.config.model,
+                    self.model.shape,
+                    self.config.train.seed,
+                    &self.device,
+                )?;
+                for ((_, var), (_, new)) in self.adam.vars().iter().zip(model::named_vars(&varmap))
+                {
                     var.set(new.as_tensor())?;
                 }
                 drop(fresh);
@@ -645,7 +755,13 @@ impl Trainer {
             emit(Event::Log(Level::Error, format!("{}: {e}", path.display())));
         }
         self.start_prefetch();
-        emit(Event::Log(Level::Warn, format!("rolled back to step {} with learning rate {new_lr:.3e}", self.step)));
+        emit(Event::Log(
+            Level::Warn,
+            format!(
+                "rolled back to step {} with learning rate {new_lr:.3e}",
+                self.step
+            ),
+        ));
         self.set_state(TrainState::Running, emit);
         Ok(())
     }
@@ -653,7 +769,10 @@ impl Trainer {
     /// Applies the live and next-epoch settings of `new`; restart settings are reported only.
     fn apply(&mut self, new: Config, emit: &dyn Fn(Event)) {
         if let Err((key, msg)) = new.validate() {
-            emit(Event::Log(Level::Error, format!("rejected new settings: {key}: {msg}")));
+            emit(Event::Log(
+                Level::Error,
+                format!("rejected new settings: {key}: {msg}"),
+            ));
             return;
         }
         let changes = self.config.changes(&new);
@@ -663,13 +782,18 @@ impl Trainer {
                 Effect::Restart => {
                     emit(Event::Log(
                         Level::Warn,
-                        format!("{} = {} needs a new run (pending; the run keeps {})", change.key, change.new, change.old),
+                        format!(
+                            "{} = {} needs a new run (pending; the run keeps {})",
+                            change.key, change.new, change.old
+                        ),
                     ));
                     continue;
                 }
                 Effect::NextEpoch => {
                     if change.key == "train.batch_size" {
-                        self.settings.batch_size.store(new.train.batch_size, Ordering::Relaxed);
+                        self.settings
+                            .batch_size
+                            .store(new.train.batch_size, Ordering::Relaxed);
                         self.config.train.batch_size = new.train.batch_size;
                     } else {
                         self.settings.flip.store(new.data.flip, Ordering::Relaxed);
@@ -678,7 +802,14 @@ impl Trainer {
                 }
                 Effect::Live => {}
             }
-            let rec = SettingRecord { step: self.step + 1, key: change.key.clone(), value: change.new.clone() };
+            let rec = SettingRecord {
+                step: self.step + 1,
+                key: change.key.clone(),
+                value: change.new.clone(),
+            };
+            if change.key == "train.lr" {
+                self.lr_changed_at = Some(rec.step);
+            }
             tracing::info!("{} = {} from step {}", rec.key, rec.value, rec.step);
             self.record(Record::Setting(rec.clone()), emit);
             emit(Event::Setting(rec));
@@ -693,7 +824,10 @@ impl Trainer {
         self.config.data.flip = flip;
         self.config.model = model;
         if !applied {
-            emit(Event::Log(Level::Info, "settings reloaded: nothing changed".into()));
+            emit(Event::Log(
+                Level::Info,
+                "settings reloaded: nothing changed".into(),
+            ));
         }
     }
 
@@ -703,17 +837,32 @@ impl Trainer {
         let (mut recon, mut kl) = (0.0f64, 0.0f64);
         for (i, chunk) in ids.chunks(128).enumerate() {
             let xs = batcher::to_f32(&self.data, chunk, &[]);
-            let xs = Tensor::from_vec(xs, (chunk.len(), s.channels, s.height, s.width), &self.device)?;
+            let xs = Tensor::from_vec(
+                xs,
+                (chunk.len(), s.channels, s.height, s.width),
+                &self.device,
+            )?;
             let mut noise = Rng::keyed(self.config.train.seed, "val-noise", i as u64);
             let enc = self.model.encode(&xs)?;
             let z = self.model.reparameterize(&enc, &mut noise)?;
             let dec = self.model.decode_params(&z)?;
-            recon += self.model.recon_nll(&dec, &xs)?.sum_all()?.to_scalar::<f32>()? as f64;
+            recon += self
+                .model
+                .recon_nll(&dec, &xs)?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64;
             kl += self.model.kl(&enc)?.sum_all()?.to_scalar::<f32>()? as f64;
         }
         let n = ids.len().max(1) as f64;
         let (recon, kl) = (recon / n, kl / n);
-        Ok(ValRecord { step: self.step, epoch: self.epoch, time: self.train_seconds, total: recon + kl, recon, kl })
+        Ok(ValRecord {
+            step: self.step,
+            epoch: self.epoch,
+            time: self.train_seconds,
+            total: recon + kl,
+            recon,
+            kl,
+        })
     }
 
     fn sample(&self, emit: &dyn Fn(Event)) {
@@ -723,11 +872,15 @@ impl Trainer {
             let cols = imageio::grid_columns(SAMPLE_COUNT);
             let img = imageio::grid(&pixels, s.channels, s.height, s.width, cols);
             let path = self.run.sample_path(self.step);
-            imageio::save_png(&img, &path).map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
+            imageio::save_png(&img, &path)
+                .map_err(|e| TrainError::Other(format!("{}: {e}", path.display())))?;
             Ok(path)
         })();
         match result {
-            Ok(path) => emit(Event::Sample { step: self.step, path }),
+            Ok(path) => emit(Event::Sample {
+                step: self.step,
+                path,
+            }),
             Err(e) => {
                 emit(Event::Log(Level::Error, format!("sample grid: {e}")));
             }
@@ -752,32 +905,92 @@ impl Trainer {
     fn checkpoint(&mut self, emit: &dyn Fn(Event)) {
         self.last_checkpoint = Instant::now();
         if matches!(self.state, TrainState::Diverged { .. }) {
-            emit(Event::Log(Level::Warn, "not saving a diverged model".into()));
+            emit(Event::Log(
+                Level::Warn,
+                "not saving a diverged model".into(),
+            ));
             return;
         }
-        let weights: Vec<(String, Tensor)> =
-            self.adam.vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+        let weights: Vec<(String, Tensor)> = self
+            .adam
+            .vars()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
         let moments = self.adam.moments();
-        let snapshot = Snapshot { weights: &weights, moments: &moments, meta: self.snapshot_meta() };
+        let snapshot = Snapshot {
+            weights: &weights,
+            moments: &moments,
+            meta: self.snapshot_meta(),
+        };
         match checkpoint::save(&self.run, snapshot, self.config.train.keep_checkpoints) {
             Ok(path) => {
-                emit(Event::Log(Level::Info, format!("checkpoint at step {}: {}", self.step, path.display())));
-                emit(Event::Checkpoint { step: self.step, path });
+                emit(Event::Log(
+                    Level::Info,
+                    format!("checkpoint at step {}: {}", self.step, path.display()),
+                ));
+                emit(Event::Checkpoint {
+                    step: self.step,
+                    path,
+                });
             }
             Err(e) => {
-                emit(Event::Log(Level::Error, format!("checkpoint failed: {e}; training paused, resume to retry")));
-                self.set_state(TrainState::WriteFailed { what: e.to_string() }, emit);
+                emit(Event::Log(
+                    Level::Error,
+                    format!("checkpoint failed: {e}; training paused, resume to retry"),
+                ));
+                self.set_state(
+                    TrainState::WriteFailed {
+                        what: e.to_string(),
+                    },
+                    emit,
+                );
             }
         }
     }
 
     /// The checkpoint taken when training ends, unless the last one is of this very step.
     fn finish_checkpoint(&mut self, emit: &dyn Fn(Event)) {
-        let latest = checkpoint::list(&self.run.checkpoints()).pop().map(|e| e.step);
+        let latest = checkpoint::list(&self.run.checkpoints())
+            .pop()
+            .map(|e| e.step);
         if latest != Some(self.step) && self.step > 0 {
             self.checkpoint(emit);
         }
     }
+}
+
+/// Loads the newest checkpoint of `run` that reads back whole, falling back to older ones (a
+/// file damaged on disk costs the steps since the one before it, not the run); `None` when
+/// `wanted` is false or none loads.
+fn load_newest_good(
+    run: &RunDir,
+    wanted: bool,
+    device: &Device,
+    emit: &dyn Fn(Event),
+) -> Option<checkpoint::Loaded> {
+    if !wanted {
+        return None;
+    }
+    for entry in checkpoint::list(&run.checkpoints()).iter().rev() {
+        match checkpoint::load(&entry.meta, device)
+            .and_then(|l| checkpoint::load_moments(&l, device).map(|_| l))
+        {
+            Ok(loaded) => return Some(loaded),
+            Err(e) => emit(Event::Log(
+                Level::Warn,
+                format!(
+                    "cannot resume from {}: {e}; trying an older checkpoint",
+                    entry.meta.display()
+                ),
+            )),
+        }
+    }
+    emit(Event::Log(
+        Level::Warn,
+        "no checkpoint loads; starting fresh".into(),
+    ));
+    None
 }
 
 /// Writes the run's effective `config.toml` atomically.
@@ -787,5 +1000,8 @@ pub fn write_config(run: &RunDir, config: &Config) -> Result<(), run::RunError> 
          # (`facestudio config --default` says which are live); the trainer picks them up.\n{}",
         config.to_toml()
     );
-    run::atomic_write(&run.config(), text.as_bytes()).map_err(|e| run::RunError::Io { path: run.config(), source: e })
+    run::atomic_write(&run.config(), text.as_bytes()).map_err(|e| run::RunError::Io {
+        path: run.config(),
+        source: e,
+    })
 }

@@ -26,7 +26,14 @@ fn draw(app: &mut App, w: u16, h: u16) -> ratatui::buffer::Buffer {
 
 fn text(buf: &ratatui::buffer::Buffer) -> String {
     let a = buf.area;
-    (0..a.height).map(|y| (0..a.width).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n").collect()
+    (0..a.height)
+        .map(|y| {
+            (0..a.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect()
 }
 
 fn browser_app(screen: DatasetsScreen) -> App {
@@ -40,7 +47,10 @@ fn browser_app(screen: DatasetsScreen) -> App {
 fn names_with_escape_sequences_are_drawn_harmlessly() {
     let evil = "face\x1b]52;c;aGk=\x07\x1b[2J\u{202e}gnp.exe\r.png";
     let shown = escape_name(evil);
-    assert_eq!(shown, "face\\x1b]52;c;aGk=\\x07\\x1b[2J\\u{202e}gnp.exe\\x0d.png");
+    assert_eq!(
+        shown,
+        "face\\x1b]52;c;aGk=\\x07\\x1b[2J\\u{202e}gnp.exe\\x0d.png"
+    );
     let mut screen = DatasetsScreen::default();
     screen.set_names(vec![evil.to_string(), "plain.png".into()]);
     let mut app = browser_app(screen);
@@ -48,7 +58,14 @@ fn names_with_escape_sequences_are_drawn_harmlessly() {
     let t = text(&buf);
     assert!(t.contains("face\\x1b]52;c;aGk=\\x07"), "{t}");
     for cell in buf.content() {
-        assert!(!cell.symbol().chars().any(|c| c.is_control() || c == '\u{202e}'), "raw control in {:?}", cell.symbol());
+        assert!(
+            !cell
+                .symbol()
+                .chars()
+                .any(|c| c.is_control() || c == '\u{202e}'),
+            "raw control in {:?}",
+            cell.symbol()
+        );
     }
 }
 
@@ -68,11 +85,20 @@ fn scrolling_a_huge_list_renders_only_visible_rows_and_decodes_nothing() {
     let buf = draw(&mut app, 160, 48);
     let elapsed = t.elapsed();
     let shown = text(&buf);
-    assert!(shown.contains("img_0299999.jpg") && !shown.contains("img_0000000.jpg"), "{shown}");
+    assert!(
+        shown.contains("img_0299999.jpg") && !shown.contains("img_0000000.jpg"),
+        "{shown}"
+    );
     assert!(shown.contains("300000 files"), "{shown}");
-    assert_eq!(app.datasets.decoded, 0, "no image may be decoded without a worker asking");
+    assert_eq!(
+        app.datasets.decoded, 0,
+        "no image may be decoded without a worker asking"
+    );
     // 202 frames over 300k names: each frame is a handful of rows, not the whole list.
-    assert!(elapsed < Duration::from_secs(2), "{elapsed:?} for 202 frames");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "{elapsed:?} for 202 frames"
+    );
 
     // The filter narrows the list; Esc clears it.
     press(&mut app, KeyCode::Char('/'));
@@ -80,11 +106,16 @@ fn scrolling_a_huge_list_renders_only_visible_rows_and_decodes_nothing() {
         press(&mut app, KeyCode::Char(c));
     }
     press(&mut app, KeyCode::Enter);
-    let expected = (0..n).filter(|i| format!("img_{i:07}.jpg").contains("0123")).count();
+    let expected = (0..n)
+        .filter(|i| format!("img_{i:07}.jpg").contains("0123"))
+        .count();
     assert!(expected > 1000 && expected < n);
     assert_eq!(app.datasets.visible.len(), expected);
     let shown = text(&draw(&mut app, 160, 48));
-    assert!(shown.contains(&format!("{expected} of 300000 files · /0123")), "{shown}");
+    assert!(
+        shown.contains(&format!("{expected} of 300000 files · /0123")),
+        "{shown}"
+    );
     // Keys typed in the filter never reach the studio (q does not quit).
     press(&mut app, KeyCode::Char('/'));
     press(&mut app, KeyCode::Char('q'));
@@ -96,7 +127,9 @@ fn scrolling_a_huge_list_renders_only_visible_rows_and_decodes_nothing() {
 fn write_faces(dir: &Path, names: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     for (i, name) in names.iter().enumerate() {
-        let img = image::RgbImage::from_fn(40, 48, |x, y| image::Rgb([(i * 60) as u8, x as u8 * 5, y as u8 * 5]));
+        let img = image::RgbImage::from_fn(40, 48, |x, y| {
+            image::Rgb([(i * 60) as u8, x as u8 * 5, y as u8 * 5])
+        });
         img.save(dir.join(name)).unwrap();
     }
     std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
@@ -120,12 +153,19 @@ fn a_folder_is_listed_previewed_summarised_and_exclusions_reach_the_loader() {
     let mut screen = DatasetsScreen::default();
     screen.open(Origin::Folder(root.clone()));
     let mut app = browser_app(screen);
-    wait(&mut app, "the listing", |a| a.datasets.listing == Listing::Ready);
-    assert_eq!(app.datasets.names, vec!["a.png", "b.png", "broken.png", "c.png"]);
+    wait(&mut app, "the listing", |a| {
+        a.datasets.listing == Listing::Ready
+    });
+    assert_eq!(
+        app.datasets.names,
+        vec!["a.png", "b.png", "broken.png", "c.png"]
+    );
 
     // The preview of the selected file is decoded on the worker and drawn.
     wait(&mut app, "the preview", |a| a.datasets.decoded >= 1);
-    wait(&mut app, "the statistics", |a| a.datasets.stats.as_ref().is_some_and(|s| s.done == s.total));
+    wait(&mut app, "the statistics", |a| {
+        a.datasets.stats.as_ref().is_some_and(|s| s.done == s.total)
+    });
     let buf = draw(&mut app, 120, 40);
     let t = text(&buf);
     let half = buf.content().iter().filter(|c| c.symbol() == "▀").count();
@@ -134,13 +174,28 @@ fn a_folder_is_listed_previewed_summarised_and_exclusions_reach_the_loader() {
     assert_eq!(stats.sizes, vec![((40, 48), 3)]);
     assert_eq!(stats.bad.len(), 1, "{:?}", stats.bad);
     assert!(t.contains("40×48: 3") && t.contains("unreadable 1"), "{t}");
-    assert!(t.contains("broken.png: cannot decode") || t.contains("broken.png: not an image"), "{t}");
-    assert!(stats.mean[0] > 50.0 && stats.mean[0] < 70.0, "red mean {:?}", stats.mean);
+    assert!(
+        t.contains("broken.png: cannot decode") || t.contains("broken.png: not an image"),
+        "{t}"
+    );
+    assert!(
+        stats.mean[0] > 50.0 && stats.mean[0] < 70.0,
+        "red mean {:?}",
+        stats.mean
+    );
 
     // Exclude b.png: the list file is written and the loader leaves it out.
     press(&mut app, KeyCode::Down);
     press(&mut app, KeyCode::Char('x'));
-    assert!(app.message.as_ref().unwrap().0.contains("b.png excluded from training"), "{:?}", app.message);
+    assert!(
+        app.message
+            .as_ref()
+            .unwrap()
+            .0
+            .contains("b.png excluded from training"),
+        "{:?}",
+        app.message
+    );
     let list = std::fs::read_to_string(root.join(folder::EXCLUDE_FILE)).unwrap();
     assert!(list.lines().any(|l| l == "b.png"), "{list}");
     let ds = folder::load(&root, (16, 16), 3, Crop::Center).unwrap();
@@ -169,7 +224,9 @@ fn synthetic_data_shows_its_generated_faces() {
     let mut app = App::new(data, Theme::load("dark").unwrap(), 0.6);
     app.screen = Screen::Datasets;
     app.datasets.poll(&app.data);
-    wait(&mut app, "the synthetic listing", |a| a.datasets.listing == Listing::Ready);
+    wait(&mut app, "the synthetic listing", |a| {
+        a.datasets.listing == Listing::Ready
+    });
     assert_eq!(app.datasets.names.len(), 50);
     assert_eq!(app.datasets.names[0], "synthetic #0");
     wait(&mut app, "a preview", |a| a.datasets.decoded >= 1);
@@ -180,12 +237,15 @@ fn synthetic_data_shows_its_generated_faces() {
 #[test]
 #[ignore = "needs the CelebA subset in ../shared/datasets; prints timings"]
 fn celeba_subset_opens_and_scrolls() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/celeba/img_align_celeba");
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/celeba/img_align_celeba");
     let mut screen = DatasetsScreen::default();
     let t = Instant::now();
     screen.open(Origin::Folder(root));
     let mut app = browser_app(screen);
-    wait(&mut app, "the listing", |a| a.datasets.listing == Listing::Ready);
+    wait(&mut app, "the listing", |a| {
+        a.datasets.listing == Listing::Ready
+    });
     let listed = t.elapsed();
     wait(&mut app, "the first preview", |a| a.datasets.decoded >= 1);
     let first = t.elapsed();
@@ -197,7 +257,9 @@ fn celeba_subset_opens_and_scrolls() {
         draw(&mut app, 160, 48);
     }
     let scroll = s.elapsed();
-    wait(&mut app, "the statistics", |a| a.datasets.stats.as_ref().is_some_and(|s| s.done == s.total));
+    wait(&mut app, "the statistics", |a| {
+        a.datasets.stats.as_ref().is_some_and(|s| s.done == s.total)
+    });
     println!(
         "celeba: {n} files listed in {listed:?}, first preview at {first:?}, scrolled top to bottom \
          ({n} frames at 160x48) in {scroll:?}, statistics done at {:?}",

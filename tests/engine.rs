@@ -58,9 +58,18 @@ fn loss_falls_within_a_few_hundred_steps_on_synthetic_faces() {
     // pixels themselves. A model that learned the faces' structure has closed most of the gap
     // between the start (near 3072 ln 2 = 2129 nats) and that floor.
     let floor = bce_floor(&c_data);
-    assert!(first - floor > 100.0, "the start {first:.1} is not above the floor {floor:.1}");
-    assert!(last - floor < 0.5 * (first - floor), "loss went from {first:.1} to {last:.1}, floor {floor:.1}");
-    let vals = records.iter().filter(|r| matches!(r, Record::Val(_))).count();
+    assert!(
+        first - floor > 100.0,
+        "the start {first:.1} is not above the floor {floor:.1}"
+    );
+    assert!(
+        last - floor < 0.5 * (first - floor),
+        "loss went from {first:.1} to {last:.1}, floor {floor:.1}"
+    );
+    let vals = records
+        .iter()
+        .filter(|r| matches!(r, Record::Val(_)))
+        .count();
     assert_eq!(vals, 300 / 20);
 }
 
@@ -71,14 +80,30 @@ fn a_saved_checkpoint_decodes_bit_identically() {
     let mut c = small_config();
     c.train.steps = 12;
     let (_, events) = train_collect(c.clone(), &run, false);
-    assert!(events.iter().any(|e| matches!(e, Event::Checkpoint { step: 12, .. })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Checkpoint { step: 12, .. })));
 
     let loaded = checkpoint::load_model(run.to_str().unwrap(), &Device::Cpu).unwrap();
     assert_eq!(loaded.meta.step, 12);
     let again = checkpoint::load_model(run.to_str().unwrap(), &Device::Cpu).unwrap();
     let zs = Tensor::from_vec(train::sample_latents(7, 8, 16), (8, 16), &Device::Cpu).unwrap();
-    let a: Vec<f32> = loaded.model.decode(&zs).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = again.model.decode(&zs).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let a: Vec<f32> = loaded
+        .model
+        .decode(&zs)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = again
+        .model
+        .decode(&zs)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_eq!(a.len(), 8 * 3 * 32 * 32);
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 
@@ -103,8 +128,13 @@ fn resume_continues_steps_and_metrics_without_gaps_or_duplicates() {
     // Stop after step 25 is logged: the trainer saves a checkpoint at 25 and ends.
     let (tx, rx) = mpsc::channel();
     let (cmd_tx, cmd_rx) = mpsc::channel();
-    let opts = train::Options { config: c.clone(), run: RunDir::new(&run), resume: false };
-    let worker = std::thread::spawn(move || train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false))));
+    let opts = train::Options {
+        config: c.clone(),
+        run: RunDir::new(&run),
+        resume: false,
+    };
+    let worker =
+        std::thread::spawn(move || train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false))));
     for e in rx.iter() {
         if let Event::Step(r) = e {
             if r.step == 25 {
@@ -116,7 +146,13 @@ fn resume_continues_steps_and_metrics_without_gaps_or_duplicates() {
     assert!(!first.completed);
     let stopped_at = first.step;
     assert!((25..=27).contains(&stopped_at), "stopped at {stopped_at}");
-    assert_eq!(checkpoint::list(&run.join("checkpoints")).last().unwrap().step, stopped_at);
+    assert_eq!(
+        checkpoint::list(&run.join("checkpoints"))
+            .last()
+            .unwrap()
+            .step,
+        stopped_at
+    );
 
     // Simulate a crash after the checkpoint: two more steps logged that must be dropped.
     let metrics = RunDir::new(&run).metrics();
@@ -140,7 +176,10 @@ fn resume_continues_steps_and_metrics_without_gaps_or_duplicates() {
     let b = train_losses(&records2);
     for ((s1, l1), (s2, l2)) in a.iter().zip(&b) {
         assert_eq!(s1, s2);
-        assert!((l1 - l2).abs() <= 1e-3 * l2.abs(), "step {s1}: {l1} resumed vs {l2} straight");
+        assert!(
+            (l1 - l2).abs() <= 1e-3 * l2.abs(),
+            "step {s1}: {l1} resumed vs {l2} straight"
+        );
     }
 }
 
@@ -150,8 +189,14 @@ fn a_folder_with_bad_files_trains_on_the_good_images_and_lists_the_bad_ones() {
     let faces = dir.path().join("faces");
     std::fs::create_dir_all(faces.join("sub")).unwrap();
     for i in 0..24u32 {
-        let img = image::RgbImage::from_fn(40, 48, |x, y| image::Rgb([(x * 6) as u8, (y * 5) as u8, (i * 10) as u8]));
-        let name = if i % 2 == 0 { format!("face{i:02}.png") } else { format!("sub/face{i:02}.jpg") };
+        let img = image::RgbImage::from_fn(40, 48, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 5) as u8, (i * 10) as u8])
+        });
+        let name = if i % 2 == 0 {
+            format!("face{i:02}.png")
+        } else {
+            format!("sub/face{i:02}.jpg")
+        };
         img.save(faces.join(name)).unwrap();
     }
     // A JPEG with a corrupt body, a truncated PNG and a text file.
@@ -175,14 +220,23 @@ fn a_folder_with_bad_files_trains_on_the_good_images_and_lists_the_bad_ones() {
     assert_eq!(summary.step, 6);
     let started = events
         .iter()
-        .find_map(|e| if let Event::Started(s) = e { Some(s.clone()) } else { None })
+        .find_map(|e| {
+            if let Event::Started(s) = e {
+                Some(s.clone())
+            } else {
+                None
+            }
+        })
         .unwrap();
     assert_eq!(started.train_images, 24);
     assert_eq!(started.bad_files, 3);
 
     let data = facestudio::data::load(&c).unwrap();
-    let mut bad: Vec<String> =
-        data.bad_files.iter().map(|b| b.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let mut bad: Vec<String> = data
+        .bad_files
+        .iter()
+        .map(|b| b.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     bad.sort();
     assert_eq!(bad, ["corrupt.jpg", "notes.txt", "truncated.png"]);
     assert!(data.bad_files.iter().all(|b| !b.reason.is_empty()));
@@ -206,7 +260,14 @@ fn a_second_trainer_is_refused_by_the_lock() {
     let _held = facestudio::run::RunLock::acquire(&run).unwrap();
     let (tx, _rx) = mpsc::channel();
     let (_cmd_tx, cmd_rx) = mpsc::channel();
-    let opts = train::Options { config: small_config(), run: run.clone(), resume: false };
-    let err = train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false))).err().unwrap().to_string();
+    let opts = train::Options {
+        config: small_config(),
+        run: run.clone(),
+        resume: false,
+    };
+    let err = train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false)))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("lock") || err.contains("in use"), "{err}");
 }

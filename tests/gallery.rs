@@ -49,10 +49,17 @@ fn slerp_keeps_the_norm() {
     let na = latent::norm(&a);
     for i in 0..=10 {
         let z = latent::slerp(&a, &b, i as f32 / 10.0);
-        assert!((latent::norm(&z) - na).abs() < 1e-3 * na, "t = {i}/10: {} vs {na}", latent::norm(&z));
+        assert!(
+            (latent::norm(&z) - na).abs() < 1e-3 * na,
+            "t = {i}/10: {} vs {na}",
+            latent::norm(&z)
+        );
     }
     let mid = latent::lerp(&a, &b, 0.5);
-    assert!(latent::norm(&mid) < na * 0.99, "linear paths cut inside the shell");
+    assert!(
+        latent::norm(&mid) < na * 0.99,
+        "linear paths cut inside the shell"
+    );
 }
 
 #[test]
@@ -72,7 +79,10 @@ fn latent_walk_sweeps_one_dimension_between_its_end_points() {
 }
 
 fn env(term: &str) -> TermEnv {
-    TermEnv { term: term.into(), ..Default::default() }
+    TermEnv {
+        term: term.into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -83,28 +93,55 @@ fn protocol_from_canned_replies() {
     let e = env("xterm-256color");
 
     let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(kitty)), &e, None);
-    assert_eq!((d.protocol, d.cell, d.tmux), (ProtocolType::Kitty, (10, 20), false));
+    assert_eq!(
+        (d.protocol, d.cell, d.tmux),
+        (ProtocolType::Kitty, (10, 20), false)
+    );
     let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(sixel)), &e, None);
     assert_eq!((d.protocol, d.cell), (ProtocolType::Sixel, (8, 16)));
     assert_eq!(d.label(), "sixel");
-    let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(none)), &e, Some((9, 18)));
+    let d = graphics::decide(
+        Choice::Auto,
+        Some(&graphics::parse_reply(none)),
+        &e,
+        Some((9, 18)),
+    );
     assert_eq!(d.protocol, ProtocolType::Halfblocks);
     // No answer at all: half-blocks.
     let d = graphics::decide(Choice::Auto, None, &e, None);
-    assert_eq!((d.protocol, d.label().as_str()), (ProtocolType::Halfblocks, "halfblocks"));
+    assert_eq!(
+        (d.protocol, d.label().as_str()),
+        (ProtocolType::Halfblocks, "halfblocks")
+    );
     // Sixel reported but no cell size from the reply or the kernel: cannot size images.
     let no_cell = graphics::parse_reply(b"\x1b[?62;4c\x1b[0n");
-    assert_eq!(graphics::decide(Choice::Auto, Some(&no_cell), &e, None).protocol, ProtocolType::Halfblocks);
+    assert_eq!(
+        graphics::decide(Choice::Auto, Some(&no_cell), &e, None).protocol,
+        ProtocolType::Halfblocks
+    );
     // The flag wins over the reply.
     let forced = Choice::parse("iterm2").unwrap();
     let d = graphics::decide(forced, Some(&graphics::parse_reply(kitty)), &e, None);
     assert_eq!(d.protocol, ProtocolType::Iterm2);
     // Inside tmux the chosen protocol is passed through.
-    let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(kitty)), &env("tmux-256color"), None);
+    let d = graphics::decide(
+        Choice::Auto,
+        Some(&graphics::parse_reply(kitty)),
+        &env("tmux-256color"),
+        None,
+    );
     assert_eq!(d.label(), "kitty+tmux");
     // iTerm2 names itself in the environment and answers no query.
-    let iterm = TermEnv { term_program: "iTerm.app".into(), ..Default::default() };
-    let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(none)), &iterm, Some((7, 14)));
+    let iterm = TermEnv {
+        term_program: "iTerm.app".into(),
+        ..Default::default()
+    };
+    let d = graphics::decide(
+        Choice::Auto,
+        Some(&graphics::parse_reply(none)),
+        &iterm,
+        Some((7, 14)),
+    );
     assert_eq!(d.protocol, ProtocolType::Iterm2);
 }
 
@@ -131,58 +168,119 @@ impl ReplySource for Fake {
 #[test]
 fn silent_and_slow_terminals_fall_back_within_the_timeout() {
     let timeout = Duration::from_millis(150);
-    let silent = Fake { bytes: None, delay: Duration::ZERO, started: Instant::now() };
+    let silent = Fake {
+        bytes: None,
+        delay: Duration::ZERO,
+        started: Instant::now(),
+    };
     let t = Instant::now();
     let reply = graphics::collect_reply(&mut { silent }, timeout, 1);
     assert!(reply.is_none());
-    assert!(t.elapsed() < Duration::from_millis(600), "waited {:?}", t.elapsed());
-    assert_eq!(graphics::decide(Choice::Auto, reply.as_ref(), &env("xterm"), None).protocol, ProtocolType::Halfblocks);
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        graphics::decide(Choice::Auto, reply.as_ref(), &env("xterm"), None).protocol,
+        ProtocolType::Halfblocks
+    );
 
-    let slow = Fake { bytes: Some(b"\x1b_Gi=31;OK\x1b\\\x1b[0n".to_vec()), delay: Duration::from_secs(2), started: Instant::now() };
+    let slow = Fake {
+        bytes: Some(b"\x1b_Gi=31;OK\x1b\\\x1b[0n".to_vec()),
+        delay: Duration::from_secs(2),
+        started: Instant::now(),
+    };
     let t = Instant::now();
     assert!(graphics::collect_reply(&mut { slow }, timeout, 1).is_none());
     assert!(t.elapsed() < Duration::from_millis(600));
 
     // An answer within the time is taken, and reading stops at its status report.
-    let quick = Fake { bytes: Some(b"\x1b_Gi=31;OK\x1b\\\x1b[0n".to_vec()), delay: Duration::from_millis(20), started: Instant::now() };
+    let quick = Fake {
+        bytes: Some(b"\x1b_Gi=31;OK\x1b\\\x1b[0n".to_vec()),
+        delay: Duration::from_millis(20),
+        started: Instant::now(),
+    };
     let t = Instant::now();
-    let reply = graphics::collect_reply(&mut { quick }, Duration::from_secs(5), 1).expect("a reply");
+    let reply =
+        graphics::collect_reply(&mut { quick }, Duration::from_secs(5), 1).expect("a reply");
     assert!(reply.kitty && t.elapsed() < Duration::from_secs(1));
 }
 
 fn known_image() -> image::RgbImage {
-    image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([if x < 4 { 255 } else { 0 }, (y * 30) as u8, 40]))
+    image::RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([if x < 4 { 255 } else { 0 }, (y * 30) as u8, 40])
+    })
 }
 
 fn decision(p: ProtocolType) -> Decision {
-    Decision { protocol: p, cell: (4, 8), tmux: false, why: "test".into() }
+    Decision {
+        protocol: p,
+        cell: (4, 8),
+        tmux: false,
+        why: "test".into(),
+    }
 }
 
 #[test]
 fn kitty_escape_output_transmits_then_places() {
-    let out = graphics::escape_output(&decision(ProtocolType::Kitty), &known_image(), Size::new(2, 1)).unwrap();
+    let out = graphics::escape_output(
+        &decision(ProtocolType::Kitty),
+        &known_image(),
+        Size::new(2, 1),
+    )
+    .unwrap();
     let start = out.find("_G").expect("a kitty graphics command");
-    assert!(out[..start].ends_with('\x1b'), "APC introducer: {:?}", &out[..start]);
+    assert!(
+        out[..start].ends_with('\x1b'),
+        "APC introducer: {:?}",
+        &out[..start]
+    );
     let command = &out[start..];
     for part in ["a=T", "U=1", "f=32", "s=8", "v=8", "m=0;"] {
-        assert!(command.contains(part), "kitty command lacks {part}: {:?}", &command[..80.min(command.len())]);
+        assert!(
+            command.contains(part),
+            "kitty command lacks {part}: {:?}",
+            &command[..80.min(command.len())]
+        );
     }
-    assert!(command.contains("\x1b\\"), "the command is terminated by ST");
+    assert!(
+        command.contains("\x1b\\"),
+        "the command is terminated by ST"
+    );
     // Unicode placeholders place the image in the cells.
     assert!(out.contains('\u{10EEEE}'));
 }
 
 #[test]
 fn sixel_escape_output_is_a_dcs_sequence() {
-    let out = graphics::escape_output(&decision(ProtocolType::Sixel), &known_image(), Size::new(2, 1)).unwrap();
+    let out = graphics::escape_output(
+        &decision(ProtocolType::Sixel),
+        &known_image(),
+        Size::new(2, 1),
+    )
+    .unwrap();
     let start = out.find("\x1bP").expect("a DCS introducer");
     let body = &out[start..];
     let q = body.find('q').expect("the sixel q");
     assert!(q < 12, "parameters then q: {:?}", &body[..q + 1]);
-    assert!(body.trim_end().ends_with("\x1b\\"), "ends with ST: {:?}", &body[body.len().saturating_sub(10)..]);
+    assert!(
+        body.trim_end().ends_with("\x1b\\"),
+        "ends with ST: {:?}",
+        &body[body.len().saturating_sub(10)..]
+    );
     assert!(body.contains('#'), "colour registers");
-    let iterm = graphics::escape_output(&decision(ProtocolType::Iterm2), &known_image(), Size::new(2, 1)).unwrap();
-    assert!(iterm.contains("]1337;File=inline=1"), "{:?}", &iterm[..60.min(iterm.len())]);
+    let iterm = graphics::escape_output(
+        &decision(ProtocolType::Iterm2),
+        &known_image(),
+        Size::new(2, 1),
+    )
+    .unwrap();
+    assert!(
+        iterm.contains("]1337;File=inline=1"),
+        "{:?}",
+        &iterm[..60.min(iterm.len())]
+    );
 }
 
 /// Trains the tiny test model once per test binary run.
@@ -220,24 +318,72 @@ fn worker_renders_every_view_of_a_trained_model() {
         other => panic!("{other:?}"),
     }
     let jobs = [
-        (Job::Samples { seeds: vec![1, 2, 3] }, 3),
-        (Job::Walk { seed: 1, dim: 2, steps: 5 }, 5),
-        (Job::Interp { a: Endpoint::Seed(1), b: Endpoint::Image(4), steps: 4, blend: Blend::Spherical }, 4),
-        (Job::Recon { indices: vec![0, 1] }, 4),
+        (
+            Job::Samples {
+                seeds: vec![1, 2, 3],
+            },
+            3,
+        ),
+        (
+            Job::Walk {
+                seed: 1,
+                dim: 2,
+                steps: 5,
+            },
+            5,
+        ),
+        (
+            Job::Interp {
+                a: Endpoint::Seed(1),
+                b: Endpoint::Image(4),
+                steps: 4,
+                blend: Blend::Spherical,
+            },
+            4,
+        ),
+        (
+            Job::Recon {
+                indices: vec![0, 1],
+            },
+            4,
+        ),
         (Job::Novelty { seeds: vec![7] }, 2),
-        (Job::TimeLapse { seed: 1, checkpoints: checkpoints.iter().map(|e| e.meta.clone()).collect() }, checkpoints.len()),
+        (
+            Job::TimeLapse {
+                seed: 1,
+                checkpoints: checkpoints.iter().map(|e| e.meta.clone()).collect(),
+            },
+            checkpoints.len(),
+        ),
     ];
     for (i, (job, n)) in jobs.into_iter().enumerate() {
         let id = i as u64 + 1;
-        worker.send(Request::Render { id, job: job.clone() });
+        worker.send(Request::Render {
+            id,
+            job: job.clone(),
+        });
         let tiles = wait_frame(&worker, id);
         assert_eq!(tiles.len(), n, "{job:?}");
-        assert!(tiles.iter().all(|t| t.image.dimensions() == (32, 32)), "{job:?}");
+        assert!(
+            tiles.iter().all(|t| t.image.dimensions() == (32, 32)),
+            "{job:?}"
+        );
     }
     // The same seed gives the same face; the interpolation starts at the seed's face.
-    worker.send(Request::Render { id: 10, job: Job::Samples { seeds: vec![1] } });
+    worker.send(Request::Render {
+        id: 10,
+        job: Job::Samples { seeds: vec![1] },
+    });
     let a = wait_frame(&worker, 10);
-    worker.send(Request::Render { id: 11, job: Job::Interp { a: Endpoint::Seed(1), b: Endpoint::Seed(9), steps: 3, blend: Blend::Linear } });
+    worker.send(Request::Render {
+        id: 11,
+        job: Job::Interp {
+            a: Endpoint::Seed(1),
+            b: Endpoint::Seed(9),
+            steps: 3,
+            blend: Blend::Linear,
+        },
+    });
     let strip = wait_frame(&worker, 11);
     assert_eq!(a[0].image, strip[0].image);
     assert_ne!(strip[0].image, strip[2].image);
@@ -255,7 +401,14 @@ fn draw(app: &mut App, w: u16, h: u16) -> ratatui::buffer::Buffer {
 
 fn text(buf: &ratatui::buffer::Buffer) -> String {
     let a = buf.area;
-    (0..a.height).map(|y| (0..a.width).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n").collect()
+    (0..a.height)
+        .map(|y| {
+            (0..a.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect()
 }
 
 /// Polls and draws until the gallery has a frame of the view wanted.
@@ -298,26 +451,53 @@ fn gallery_screen_follows_a_run_and_saves_pngs() {
     assert_eq!(app.gallery.selected, 1 + cols);
     press(&mut app, KeyCode::Enter);
     let t = text(&draw(&mut app, 160, 48));
-    assert!(t.contains(&format!("face · seed {}", app.gallery.face_seed(1 + cols))), "{t}");
+    assert!(
+        t.contains(&format!("face · seed {}", app.gallery.face_seed(1 + cols))),
+        "{t}"
+    );
     press(&mut app, KeyCode::Char('p'));
-    let saved = run.join("gallery").join(format!("face-seed-{}.png", app.gallery.face_seed(1 + cols)));
+    let saved = run
+        .join("gallery")
+        .join(format!("face-seed-{}.png", app.gallery.face_seed(1 + cols)));
     assert!(saved.is_file(), "{:?}", app.message);
-    assert!(app.message.as_ref().unwrap().0.contains("saved"), "{:?}", app.message);
+    assert!(
+        app.message.as_ref().unwrap().0.contains("saved"),
+        "{:?}",
+        app.message
+    );
     press(&mut app, KeyCode::Char('P'));
-    assert!(run.join("gallery/samples-seed-1.png").is_file(), "{:?}", app.message);
+    assert!(
+        run.join("gallery/samples-seed-1.png").is_file(),
+        "{:?}",
+        app.message
+    );
     assert_eq!(image::open(&saved).unwrap().width(), 32);
 
     // Each view renders; `r` draws new seeds.
     press(&mut app, KeyCode::Esc);
-    for view in [View::Reconstructions, View::Interpolation, View::Walk, View::TimeLapse, View::Novelty] {
+    for view in [
+        View::Reconstructions,
+        View::Interpolation,
+        View::Walk,
+        View::TimeLapse,
+        View::Novelty,
+    ] {
         press(&mut app, KeyCode::Char('v'));
         assert_eq!(app.gallery.view, view);
         let buf = settle(&mut app, 120, 40);
         let t = text(&buf);
         assert!(t.contains(view.title()), "{t}");
-        assert!(app.gallery.error.is_none(), "{view:?}: {:?}", app.gallery.error);
+        assert!(
+            app.gallery.error.is_none(),
+            "{view:?}: {:?}",
+            app.gallery.error
+        );
     }
-    assert!(app.gallery.labels().iter().any(|l| l.contains("rms")), "{:?}", app.gallery.labels());
+    assert!(
+        app.gallery.labels().iter().any(|l| l.contains("rms")),
+        "{:?}",
+        app.gallery.labels()
+    );
     let before = app.gallery.base_seed;
     press(&mut app, KeyCode::Char('r'));
     assert_ne!(app.gallery.base_seed, before);
@@ -329,11 +509,21 @@ fn gallery_redraw_timings_per_protocol() {
     // to an in-memory terminal, for each protocol. Printed for the closing note.
     let dir = tempfile::tempdir().unwrap();
     let run = trained(dir.path());
-    for p in [ProtocolType::Halfblocks, ProtocolType::Kitty, ProtocolType::Sixel, ProtocolType::Iterm2] {
+    for p in [
+        ProtocolType::Halfblocks,
+        ProtocolType::Kitty,
+        ProtocolType::Sixel,
+        ProtocolType::Iterm2,
+    ] {
         let mut data = RunData::new(&run);
         data.config = Some(common::small_config());
         let mut app = App::new(data, Theme::load("dark").unwrap(), 0.6);
-        app.pictures = Pictures::new(Decision { protocol: p, cell: (10, 20), tmux: false, why: "bench".into() });
+        app.pictures = Pictures::new(Decision {
+            protocol: p,
+            cell: (10, 20),
+            tmux: false,
+            why: "bench".into(),
+        });
         app.gallery.follow_run(&run);
         app.screen = Screen::Gallery;
         settle(&mut app, 160, 48);
@@ -342,7 +532,8 @@ fn gallery_redraw_timings_per_protocol() {
         let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let backend = ratatui::backend::CrosstermBackend::new(Count(written.clone()));
         let mut term = Terminal::new(backend).unwrap();
-        term.resize(ratatui::layout::Rect::new(0, 0, 160, 48)).unwrap();
+        term.resize(ratatui::layout::Rect::new(0, 0, 160, 48))
+            .unwrap();
         let t = Instant::now();
         loop {
             term.draw(|f| app.render(f.area(), f.buffer_mut())).unwrap();
@@ -355,7 +546,10 @@ fn gallery_redraw_timings_per_protocol() {
         }
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
-        println!("redraw 160x48 {}: {ms:.1} ms, {bytes} bytes written", graphics::protocol_name(p));
+        println!(
+            "redraw 160x48 {}: {ms:.1} ms, {bytes} bytes written",
+            graphics::protocol_name(p)
+        );
         assert!(bytes > 0);
     }
 }
@@ -365,7 +559,8 @@ struct Count(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl std::io::Write for Count {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .fetch_add(buf.len(), std::sync::atomic::Ordering::Relaxed);
         Ok(buf.len())
     }
 

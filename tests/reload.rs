@@ -31,7 +31,14 @@ impl Drop for Trainer {
 
 fn spawn_trainer(dir: &Path, steps: u64) -> Trainer {
     Command::new(common::bin())
-        .args(["train", "--headless", "--run", "r", "--steps", &steps.to_string()])
+        .args([
+            "train",
+            "--headless",
+            "--run",
+            "r",
+            "--steps",
+            &steps.to_string(),
+        ])
         .current_dir(dir)
         .env("XDG_CACHE_HOME", dir.join(".cache"))
         .stdout(Stdio::null())
@@ -43,7 +50,12 @@ fn spawn_trainer(dir: &Path, steps: u64) -> Trainer {
 
 fn last_step(run: &RunDir) -> u64 {
     let (records, _) = read_metrics(&run.metrics()).unwrap_or_default();
-    records.iter().filter(|r| matches!(r, Record::Train(_))).map(Record::step).max().unwrap_or(0)
+    records
+        .iter()
+        .filter(|r| matches!(r, Record::Train(_)))
+        .map(Record::step)
+        .max()
+        .unwrap_or(0)
 }
 
 fn set(run: &RunDir, key: &str, value: toml_edit::Item) {
@@ -61,7 +73,9 @@ fn a_live_learning_rate_edit_applies_and_a_bad_one_is_rejected() {
     common::write_small_config(dir.path(), 100_000);
     let mut child = spawn_trainer(dir.path(), 100_000);
     let run = RunDir::new(dir.path().join("runs/r"));
-    wait_for("training to start", 120, || (last_step(&run) >= 3).then_some(()));
+    wait_for("training to start", 120, || {
+        (last_step(&run) >= 3).then_some(())
+    });
 
     set(&run, "train.lr", toml_edit::value(0.0005));
     let applied_at = wait_for("the new learning rate", 60, || {
@@ -71,7 +85,9 @@ fn a_live_learning_rate_edit_applies_and_a_bad_one_is_rejected() {
             _ => None,
         })
     });
-    wait_for("steps after the change", 60, || (last_step(&run) >= applied_at + 3).then_some(()));
+    wait_for("steps after the change", 60, || {
+        (last_step(&run) >= applied_at + 3).then_some(())
+    });
     let (records, _) = read_metrics(&run.metrics()).unwrap();
     for r in &records {
         if let Record::Train(t) = r {
@@ -87,18 +103,26 @@ fn a_live_learning_rate_edit_applies_and_a_bad_one_is_rejected() {
     // An invalid value is rejected; training carries on with the old settings.
     set(&run, "train.lr", toml_edit::value(-1.0));
     let before = last_step(&run);
-    wait_for("training to carry on", 60, || (last_step(&run) >= before + 3).then_some(()));
+    wait_for("training to carry on", 60, || {
+        (last_step(&run) >= before + 3).then_some(())
+    });
     let log = std::fs::read_to_string(run.log()).unwrap();
-    assert!(log.contains("train.lr") && log.contains("config.toml"), "the rejection names key and file:\n{log}");
+    assert!(
+        log.contains("train.lr") && log.contains("config.toml"),
+        "the rejection names key and file:\n{log}"
+    );
     let (records, _) = read_metrics(&run.metrics()).unwrap();
-    assert!(!records.iter().any(|r| matches!(r, Record::Setting(s) if s.value == "-1.0")));
+    assert!(!records
+        .iter()
+        .any(|r| matches!(r, Record::Setting(s) if s.value == "-1.0")));
 
     // A restart setting is reported as pending, not applied.
     set(&run, "train.lr", toml_edit::value(0.0005));
     set(&run, "model.latent", toml_edit::value(32));
     wait_for("the pending notice", 60, || {
         let log = std::fs::read_to_string(run.log()).ok()?;
-        log.contains("model.latent = 32 needs a new run").then_some(())
+        log.contains("model.latent = 32 needs a new run")
+            .then_some(())
     });
 
     assert_eq!(facestudio::control::send(&run, "stop").unwrap(), "ok stop");
@@ -106,5 +130,7 @@ fn a_live_learning_rate_edit_applies_and_a_bad_one_is_rejected() {
     assert!(status.success());
     let (records, torn) = read_metrics(&run.metrics()).unwrap();
     assert_eq!(torn, 0);
-    assert!(!records.iter().any(|r| matches!(r, Record::Setting(s) if s.key == "model.latent")));
+    assert!(!records
+        .iter()
+        .any(|r| matches!(r, Record::Setting(s) if s.key == "model.latent")));
 }

@@ -10,7 +10,10 @@ fn bin() -> PathBuf {
 }
 
 fn have_tmux() -> bool {
-    Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success())
+    Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// A small, fast configuration: 32 px synthetic faces, a 16-d latent, a step logged each time.
@@ -48,7 +51,10 @@ struct Tmux {
 impl Tmux {
     fn start(name: &str, dir: &Path, command: &str) -> Self {
         let socket = format!("fs-{name}-{}", std::process::id());
-        let t = Self { socket, dir: dir.to_path_buf() };
+        let t = Self {
+            socket,
+            dir: dir.to_path_buf(),
+        };
         // The shell prints a marker and stays, so the pane shows what the studio left behind.
         let script = format!(
             "cd '{}' && env -u NO_COLOR XDG_CACHE_HOME='{}/.cache' {command}; echo STUDIO-EXITED-$?; sleep 600",
@@ -56,7 +62,17 @@ impl Tmux {
             dir.display()
         );
         let ok = t
-            .cmd(&["new-session", "-d", "-x", "100", "-y", "30", "sh", "-c", &script])
+            .cmd(&[
+                "new-session",
+                "-d",
+                "-x",
+                "100",
+                "-y",
+                "30",
+                "sh",
+                "-c",
+                &script,
+            ])
             .status()
             .unwrap()
             .success();
@@ -84,7 +100,10 @@ impl Tmux {
     }
 
     fn alternate_on(&self) -> String {
-        let out = self.cmd(&["display", "-p", "#{alternate_on}"]).output().unwrap();
+        let out = self
+            .cmd(&["display", "-p", "#{alternate_on}"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -96,7 +115,10 @@ impl Tmux {
             if pred(&screen) {
                 return screen;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{screen}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{screen}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -106,10 +128,15 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]).status();
         // A detached trainer runs in a session of its own; a failed test must not leave it.
-        let runs = std::fs::read_dir(self.dir.join("runs")).into_iter().flatten().flatten();
+        let runs = std::fs::read_dir(self.dir.join("runs"))
+            .into_iter()
+            .flatten()
+            .flatten();
         for run in runs {
             let text = std::fs::read_to_string(run.path().join("status.json")).unwrap_or_default();
-            let pid = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["pid"].as_u64());
+            let pid = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["pid"].as_u64());
             if let Some(pid) = pid.filter(|&p| p > 1) {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
@@ -141,21 +168,36 @@ fn studio_trains_answers_keys_and_quits_cleanly() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let tmux = Tmux::start("studio", dir.path(), &format!("'{}' --run e2e", bin().display()));
+    let tmux = Tmux::start(
+        "studio",
+        dir.path(),
+        &format!("'{}' --run e2e", bin().display()),
+    );
 
     let first = tmux.wait_for("the dashboard with a step", 120, |s| {
         s.contains("2 Training") && s.contains("progress") && status_step(s).is_some_and(|n| n > 0)
     });
     let step1 = status_step(&first).unwrap();
-    let later = tmux.wait_for("the step to rise", 60, |s| status_step(s).is_some_and(|n| n > step1 + 2));
-    assert!(later.contains("hyperparameters") && later.contains("losses"), "{later}");
+    let later = tmux.wait_for("the step to rise", 60, |s| {
+        status_step(s).is_some_and(|n| n > step1 + 2)
+    });
+    assert!(
+        later.contains("hyperparameters") && later.contains("losses"),
+        "{later}"
+    );
 
     tmux.keys(&["3"]);
-    tmux.wait_for("the gallery", 10, |s| s.contains("the same faces"));
+    tmux.wait_for("the gallery", 10, |s| {
+        s.contains("samples · step") && s.contains("r new seeds")
+    });
     tmux.keys(&["1"]);
-    tmux.wait_for("the data set screen", 10, |s| s.contains("data set") && s.contains("held-out share"));
+    tmux.wait_for("the data set screen", 10, |s| {
+        s.contains("data set") && s.contains("held-out share")
+    });
     tmux.keys(&["2", "?"]);
-    tmux.wait_for("the help", 10, |s| s.contains("keys · Training") && s.contains("t / T"));
+    tmux.wait_for("the help", 10, |s| {
+        s.contains("keys · Training") && s.contains("t / T")
+    });
     tmux.keys(&["Escape"]);
     tmux.wait_for("the help to close", 10, |s| !s.contains("keys · Training"));
 
@@ -164,11 +206,16 @@ fn studio_trains_answers_keys_and_quits_cleanly() {
     assert_eq!(status_state(dir.path(), "e2e"), "paused");
 
     tmux.keys(&["q"]);
-    tmux.wait_for("the quit dialog", 10, |s| s.contains("Stop training (saves a checkpoint)"));
+    tmux.wait_for("the quit dialog", 10, |s| {
+        s.contains("Stop training (saves a checkpoint)")
+    });
     tmux.keys(&["s"]);
     let end = tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));
     assert!(end.contains("training stopped at step"), "{end}");
-    assert!(!end.contains("progress"), "the dashboard is still on screen:\n{end}");
+    assert!(
+        !end.contains("progress"),
+        "the dashboard is still on screen:\n{end}"
+    );
     assert_eq!(tmux.alternate_on(), "0");
     assert_eq!(status_state(dir.path(), "e2e"), "stopped");
     assert!(dir.path().join("runs/e2e/studio.log").is_file());
@@ -176,11 +223,17 @@ fn studio_trains_answers_keys_and_quits_cleanly() {
 
 fn start_writer(dir: &Path, resume: bool) -> Child {
     let mut cmd = Command::new(bin());
-    cmd.args(["train", "--headless", "--run", "r"]).current_dir(dir).env("XDG_CACHE_HOME", dir.join(".cache"));
+    cmd.args(["train", "--headless", "--run", "r"])
+        .current_dir(dir)
+        .env("XDG_CACHE_HOME", dir.join(".cache"));
     if resume {
         cmd.arg("--resume");
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn wait_until(what: &str, secs: u64, pred: impl Fn() -> bool) {
@@ -201,14 +254,24 @@ fn watch_follows_a_writer_through_a_kill_and_a_resume() {
     write_config(dir.path());
     let mut writer = start_writer(dir.path(), false);
     let run = dir.path().join("runs/r");
-    wait_until("the run to log steps", 120, || run.join("metrics.jsonl").metadata().is_ok_and(|m| m.len() > 0));
+    wait_until("the run to log steps", 120, || {
+        run.join("metrics.jsonl")
+            .metadata()
+            .is_ok_and(|m| m.len() > 0)
+    });
 
-    let tmux = Tmux::start("watch", dir.path(), &format!("'{}' watch runs/r", bin().display()));
+    let tmux = Tmux::start(
+        "watch",
+        dir.path(),
+        &format!("'{}' watch runs/r", bin().display()),
+    );
     let first = tmux.wait_for("the watcher to show a running step", 60, |s| {
         s.contains("│ running │") && status_step(s).is_some_and(|n| n > 0)
     });
     let step1 = status_step(&first).unwrap();
-    tmux.wait_for("the watcher's step to rise", 60, |s| status_step(s).is_some_and(|n| n > step1));
+    tmux.wait_for("the watcher's step to rise", 60, |s| {
+        status_step(s).is_some_and(|n| n > step1)
+    });
 
     // Kill the writer hard once it has a checkpoint to resume from.
     wait_until("a checkpoint", 120, || {
@@ -216,7 +279,9 @@ fn watch_follows_a_writer_through_a_kill_and_a_resume() {
     });
     writer.kill().unwrap();
     writer.wait().unwrap();
-    let dead = tmux.wait_for("the watcher to notice the writer is gone", 30, |s| s.contains("no trainer"));
+    let dead = tmux.wait_for("the watcher to notice the writer is gone", 30, |s| {
+        s.contains("no trainer")
+    });
     let step_dead = status_step(&dead).unwrap();
 
     let mut writer = start_writer(dir.path(), true);
@@ -224,16 +289,24 @@ fn watch_follows_a_writer_through_a_kill_and_a_resume() {
         s.contains("│ running │") && status_step(s).is_some_and(|n| n > step_dead)
     });
     let step2 = status_step(&resumed).unwrap();
-    tmux.wait_for("the step to rise after the resume", 60, |s| status_step(s).is_some_and(|n| n > step2));
+    tmux.wait_for("the step to rise after the resume", 60, |s| {
+        status_step(s).is_some_and(|n| n > step2)
+    });
 
     // Leave the watcher; the writer keeps training.
     tmux.keys(&["q"]);
     tmux.wait_for("the quit dialog", 10, |s| s.contains("Detach"));
     tmux.keys(&["d"]);
     let end = tmux.wait_for("the watcher to exit", 30, |s| s.contains("STUDIO-EXITED-0"));
-    assert!(end.contains("reattach with `facestudio watch runs/r`"), "{end}");
+    assert!(
+        end.contains("reattach with `facestudio watch runs/r`"),
+        "{end}"
+    );
     assert_eq!(tmux.alternate_on(), "0");
-    assert!(writer.try_wait().unwrap().is_none(), "detaching the watcher stopped the writer");
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "detaching the watcher stopped the writer"
+    );
     // SAFETY: a signal to the writer this test started.
     unsafe { libc::kill(writer.id() as libc::pid_t, libc::SIGTERM) };
     writer.wait().unwrap();
@@ -247,26 +320,47 @@ fn a_beta_edit_in_the_config_file_reaches_the_screen_and_the_metrics() {
     }
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path());
-    let tmux = Tmux::start("beta", dir.path(), &format!("'{}' --run beta", bin().display()));
-    tmux.wait_for("training past the KL warm-up", 180, |s| status_step(s).is_some_and(|n| n > 55));
+    let tmux = Tmux::start(
+        "beta",
+        dir.path(),
+        &format!("'{}' --run beta", bin().display()),
+    );
+    tmux.wait_for("training past the KL warm-up", 180, |s| {
+        status_step(s).is_some_and(|n| n > 55)
+    });
 
     // As a user would from another shell: change beta in the config file in use.
     let saved = Instant::now();
     let status = Command::new("sed")
-        .args(["-i", "s/^kl_warmup_steps = 50$/kl_warmup_steps = 50\\nbeta = 0.25/", "facestudio.toml"])
+        .args([
+            "-i",
+            "s/^kl_warmup_steps = 50$/kl_warmup_steps = 50\\nbeta = 0.25/",
+            "facestudio.toml",
+        ])
         .current_dir(dir.path())
         .status()
         .unwrap();
     assert!(status.success());
-    assert!(std::fs::read_to_string(dir.path().join("facestudio.toml")).unwrap().contains("beta = 0.25"));
+    assert!(std::fs::read_to_string(dir.path().join("facestudio.toml"))
+        .unwrap()
+        .contains("beta = 0.25"));
 
     let metrics = dir.path().join("runs/beta/metrics.jsonl");
     wait_until("the new beta in metrics.jsonl", 60, || {
-        std::fs::read_to_string(&metrics).unwrap_or_default().contains(r#""key":"train.beta","value":"0.25""#)
+        std::fs::read_to_string(&metrics)
+            .unwrap_or_default()
+            .contains(r#""key":"train.beta","value":"0.25""#)
     });
-    eprintln!("beta took effect {:.2} s after the save", saved.elapsed().as_secs_f64());
+    eprintln!(
+        "beta took effect {:.2} s after the save",
+        saved.elapsed().as_secs_f64()
+    );
     let screen = tmux.wait_for("the new beta on screen", 30, |s| {
-        let beta_shown = s.lines().any(|l| l.split("beta").skip(1).any(|r| r.trim_start().starts_with("0.25")));
+        let beta_shown = s.lines().any(|l| {
+            l.split("beta")
+                .skip(1)
+                .any(|r| r.trim_start().starts_with("0.25"))
+        });
         s.contains("picked up by the") && beta_shown
     });
     assert!(screen.contains("train.beta"), "{screen}");
@@ -284,10 +378,22 @@ fn a_beta_edit_in_the_config_file_reaches_the_screen_and_the_metrics() {
         .filter(|v| v.get("beta").is_some())
         .map(|v| (v["step"].as_u64().unwrap(), v["beta"].as_f64().unwrap()))
         .collect();
-    assert!(betas.iter().any(|&(step, _)| step >= from), "no step logged after the change");
+    assert!(
+        betas.iter().any(|&(step, _)| step >= from),
+        "no step logged after the change"
+    );
     for (step, beta) in betas {
-        let want = if step >= from { 0.25 } else if step >= 50 { 1.0 } else { beta };
-        assert!((beta - want).abs() < 1e-9, "step {step}: beta {beta}, expected {want}");
+        let want = if step >= from {
+            0.25
+        } else if step >= 50 {
+            1.0
+        } else {
+            beta
+        };
+        assert!(
+            (beta - want).abs() < 1e-9,
+            "step {step}: beta {beta}, expected {want}"
+        );
     }
     tmux.keys(&["q", "s"]);
     tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));

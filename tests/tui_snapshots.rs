@@ -34,12 +34,27 @@ fn seeded(dir: &Path, alive: bool) -> RunData {
             ips: 128.0,
         }));
         if step % 20 == 0 {
-            let v = ValRecord { step, epoch: s / 12.0, time: s * 0.25, total: recon + kl + 3.0, recon: recon + 2.0, kl };
+            let v = ValRecord {
+                step,
+                epoch: s / 12.0,
+                time: s * 0.25,
+                total: recon + kl + 3.0,
+                recon: recon + 2.0,
+                kl,
+            };
             data.push_record(facestudio::run::Record::Val(v));
         }
     }
-    data.settings.push(SettingRecord { step: 80, key: "train.beta".into(), value: "1.0".into() });
-    data.settings.push(SettingRecord { step: 150, key: "train.lr".into(), value: "0.002".into() });
+    data.settings.push(SettingRecord {
+        step: 80,
+        key: "train.beta".into(),
+        value: "1.0".into(),
+    });
+    data.settings.push(SettingRecord {
+        step: 150,
+        key: "train.lr".into(),
+        value: "0.002".into(),
+    });
     data.status = Some(Status {
         pid: std::process::id(),
         state: "running".into(),
@@ -59,13 +74,27 @@ fn seeded(dir: &Path, alive: bool) -> RunData {
     config.train.batch_size = 32;
     config.data.synthetic_count = 384;
     data.config = Some(config);
-    data.push_log(LogLine { time: "10:00:01".into(), level: LogLevel::Info, text: "checkpoint at step 150".into() });
-    data.push_log(LogLine { time: "10:00:02".into(), level: LogLevel::Warn, text: "skipped bad.jpg: truncated".into() });
-    data.push_log(LogLine { time: "10:00:03".into(), level: LogLevel::Error, text: "sample grid: disk full".into() });
+    data.push_log(LogLine {
+        time: "10:00:01".into(),
+        level: LogLevel::Info,
+        text: "checkpoint at step 150".into(),
+    });
+    data.push_log(LogLine {
+        time: "10:00:02".into(),
+        level: LogLevel::Warn,
+        text: "skipped bad.jpg: truncated".into(),
+    });
+    data.push_log(LogLine {
+        time: "10:00:03".into(),
+        level: LogLevel::Error,
+        text: "sample grid: disk full".into(),
+    });
 
     let samples = dir.join("run-test/samples");
     std::fs::create_dir_all(&samples).unwrap();
-    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 128]));
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
+    });
     let path = samples.join("step-00000200.png");
     img.save(&path).unwrap();
     data.sample = Some((200, path));
@@ -82,7 +111,9 @@ fn draw(app: &mut App, w: u16, h: u16) -> (Vec<String>, ratatui::buffer::Buffer)
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
     term.draw(|f| app.render(f.area(), f.buffer_mut())).unwrap();
     let buf = term.backend().buffer().clone();
-    let lines = (0..h).map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect()).collect();
+    let lines = (0..h)
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect())
+        .collect();
     (lines, buf)
 }
 
@@ -95,7 +126,11 @@ fn press(app: &mut App, code: KeyCode) -> Action {
 }
 
 fn assert_frame(lines: &[String], w: u16) {
-    assert!(lines[0].contains("1 Datasets") && lines[0].contains("2 Training") && lines[0].contains("3 Gallery"));
+    assert!(
+        lines[0].contains("1 Datasets")
+            && lines[0].contains("2 Training")
+            && lines[0].contains("3 Gallery")
+    );
     let status = lines.last().unwrap();
     for part in ["run-test", "cpu", "step 200/1000", "running", "halfblocks"] {
         assert!(status.contains(part), "status bar lacks {part}: {status}");
@@ -138,9 +173,16 @@ fn training_screen_at_80x24_and_160x48() {
         }
         // The panels' corners sit where the layout puts them.
         assert_eq!(lines[1].chars().next(), Some('╭'), "{w}x{h}:\n{text}");
-        assert!(text.contains('↓'), "a falling loss shows a down arrow:\n{text}");
+        assert!(
+            text.contains('↓'),
+            "a falling loss shows a down arrow:\n{text}"
+        );
         // The sample grid is drawn with half-blocks in the image's colours.
-        let half = buf.content().iter().filter(|c| c.symbol() == "▀" && matches!(c.fg, Color::Rgb(..))).count();
+        let half = buf
+            .content()
+            .iter()
+            .filter(|c| c.symbol() == "▀" && matches!(c.fg, Color::Rgb(..)))
+            .count();
         assert!(half > 20, "{w}x{h}: only {half} half-block cells");
     }
 }
@@ -154,8 +196,20 @@ fn datasets_and_gallery_screens_at_both_sizes() {
         let (lines, _) = draw(&mut app, w, h);
         let text = screen_text(&lines);
         assert_frame(&lines, w);
-        for part in ["data set", "synthetic", "384", "365", "19", "unreadable", "1 (from the run's log)", "32×32 px"] {
-            assert!(text.contains(part), "{w}x{h} datasets lacks `{part}`:\n{text}");
+        for part in [
+            "data set",
+            "synthetic",
+            "384",
+            "365",
+            "19",
+            "unreadable",
+            "1 (from the run's log)",
+            "32×32 px",
+        ] {
+            assert!(
+                text.contains(part),
+                "{w}x{h} datasets lacks `{part}`:\n{text}"
+            );
         }
         press(&mut app, KeyCode::Char('3'));
         let (lines, buf) = draw(&mut app, w, h);
@@ -163,7 +217,10 @@ fn datasets_and_gallery_screens_at_both_sizes() {
         assert_frame(&lines, w);
         assert!(text.contains("samples · step 200"), "{text}");
         let half = buf.content().iter().filter(|c| c.symbol() == "▀").count();
-        assert!(half > 200, "{w}x{h}: the gallery image is too small ({half} cells)");
+        assert!(
+            half > 200,
+            "{w}x{h}: the gallery image is too small ({half} cells)"
+        );
     }
 }
 
@@ -178,10 +235,21 @@ fn help_overlay_lists_every_key_of_each_screen() {
             assert_eq!(app.overlay, Some(Overlay::Help));
             let (lines, _) = draw(&mut app, w, h);
             let text = screen_text(&lines);
-            assert!(text.contains(&format!("keys · {}", app.screen.title())), "{text}");
+            assert!(
+                text.contains(&format!("keys · {}", app.screen.title())),
+                "{text}"
+            );
             for k in app.help_keys() {
-                assert!(text.contains(k.keys), "{w}x{h} help lacks `{}`:\n{text}", k.keys);
-                assert!(text.contains(k.what), "{w}x{h} help lacks `{}`:\n{text}", k.what);
+                assert!(
+                    text.contains(k.keys),
+                    "{w}x{h} help lacks `{}`:\n{text}",
+                    k.keys
+                );
+                assert!(
+                    text.contains(k.what),
+                    "{w}x{h} help lacks `{}`:\n{text}",
+                    k.what
+                );
             }
             press(&mut app, KeyCode::Esc);
             assert_eq!(app.overlay, None);
@@ -201,7 +269,12 @@ fn quit_dialog_is_drawn_with_its_choices() {
     press(&mut app, KeyCode::Char('q'));
     let (lines, _) = draw(&mut app, 80, 24);
     let text = screen_text(&lines);
-    for part in ["Stop training (saves a checkpoint)", "Detach (training continues headless)", "Cancel", "facestudio watch"] {
+    for part in [
+        "Stop training (saves a checkpoint)",
+        "Detach (training continues headless)",
+        "Cancel",
+        "facestudio watch",
+    ] {
         assert!(text.contains(part), "lacks `{part}`:\n{text}");
     }
 }
@@ -209,7 +282,15 @@ fn quit_dialog_is_drawn_with_its_choices() {
 #[test]
 fn tiny_terminals_get_a_compact_view_and_never_panic() {
     let dir = tempfile::tempdir().unwrap();
-    for (w, h) in [(79, 24), (80, 23), (40, 10), (20, 5), (1, 1), (0, 0), (200, 1)] {
+    for (w, h) in [
+        (79, 24),
+        (80, 23),
+        (40, 10),
+        (20, 5),
+        (1, 1),
+        (0, 0),
+        (200, 1),
+    ] {
         for screen in ['1', '2', '3'] {
             let mut app = app(dir.path(), true);
             press(&mut app, KeyCode::Char(screen));
@@ -234,7 +315,12 @@ fn mono_theme_draws_no_colour_at_all() {
         press(&mut app, KeyCode::Char(screen));
         let (_, buf) = draw(&mut app, 120, 40);
         for c in buf.content() {
-            assert_eq!((c.fg, c.bg), (Color::Reset, Color::Reset), "coloured cell {:?}", c.symbol());
+            assert_eq!(
+                (c.fg, c.bg),
+                (Color::Reset, Color::Reset),
+                "coloured cell {:?}",
+                c.symbol()
+            );
         }
     }
 }
@@ -242,10 +328,19 @@ fn mono_theme_draws_no_colour_at_all() {
 #[test]
 fn empty_run_draws_waiting_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let mut app = App::new(RunData::new(&dir.path().join("fresh")), Theme::default(), 0.6);
+    let mut app = App::new(
+        RunData::new(&dir.path().join("fresh")),
+        Theme::default(),
+        0.6,
+    );
     let (lines, _) = draw(&mut app, 80, 24);
     let text = screen_text(&lines);
-    for part in ["waiting for the first logged step", "no log lines yet", "no sample", "waiting"] {
+    for part in [
+        "waiting for the first logged step",
+        "no log lines yet",
+        "no sample",
+        "waiting",
+    ] {
         assert!(text.contains(part), "lacks `{part}`:\n{text}");
     }
 }
@@ -272,10 +367,18 @@ fn clicks_switch_tabs_and_focus_panels() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = app(dir.path(), true);
     draw(&mut app, 100, 30);
-    let click = |x, y| MouseEvent { kind: MouseEventKind::Down(MouseButton::Left), column: x, row: y, modifiers: KeyModifiers::NONE };
+    let click = |x, y| MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: x,
+        row: y,
+        modifiers: KeyModifiers::NONE,
+    };
     // The log panel sits at the bottom right.
     app.on_mouse(click(50, 25));
-    assert_eq!(app.training.focus, facestudio::tui::screens::training::Panel::Log);
+    assert_eq!(
+        app.training.focus,
+        facestudio::tui::screens::training::Panel::Log
+    );
     app.on_mouse(click(3, 0));
     assert_eq!(app.screen, Screen::Datasets);
 }
@@ -284,14 +387,27 @@ fn clicks_switch_tabs_and_focus_panels() {
 fn space_pauses_and_resumes_a_live_trainer_only() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = app(dir.path(), true);
-    assert_eq!(press(&mut app, KeyCode::Char(' ')), Action::Send("pause".into()));
+    assert_eq!(
+        press(&mut app, KeyCode::Char(' ')),
+        Action::Send("pause".into())
+    );
     app.data.status.as_mut().unwrap().state = "paused".into();
-    assert_eq!(press(&mut app, KeyCode::Char(' ')), Action::Send("resume".into()));
-    assert_eq!(press(&mut app, KeyCode::Char('s')), Action::Send("save".into()));
+    assert_eq!(
+        press(&mut app, KeyCode::Char(' ')),
+        Action::Send("resume".into())
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('s')),
+        Action::Send("save".into())
+    );
 
     let mut dead = self::app(dir.path(), false);
     assert_eq!(press(&mut dead, KeyCode::Char(' ')), Action::None);
-    assert!(dead.message.as_ref().unwrap().0.contains("no trainer"), "{:?}", dead.message);
+    assert!(
+        dead.message.as_ref().unwrap().0.contains("no trainer"),
+        "{:?}",
+        dead.message
+    );
 }
 
 #[test]
@@ -348,7 +464,10 @@ fn series_cycle_and_ctrl_l_redraws() {
     press(&mut app, KeyCode::Char('T'));
     let (lines, _) = draw(&mut app, 80, 24);
     assert!(screen_text(&lines).contains("lr · smoothing"));
-    assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('l'), KeyModifiers::CONTROL)), Action::Redraw);
+    assert_eq!(
+        app.on_key(KeyEvent::new(KeyCode::Char('l'), KeyModifiers::CONTROL)),
+        Action::Redraw
+    );
 }
 
 #[test]
@@ -356,7 +475,11 @@ fn log_scrolls_back_and_returns_to_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = app(dir.path(), true);
     for i in 0..50 {
-        app.data.push_log(LogLine { time: String::new(), level: LogLevel::Info, text: format!("line {i}") });
+        app.data.push_log(LogLine {
+            time: String::new(),
+            level: LogLevel::Info,
+            text: format!("line {i}"),
+        });
     }
     app.training.focus = facestudio::tui::screens::training::Panel::Log;
     press(&mut app, KeyCode::Char('k'));
@@ -364,7 +487,10 @@ fn log_scrolls_back_and_returns_to_the_newest() {
     assert_eq!(app.training.log_scroll, 2);
     let (lines, _) = draw(&mut app, 80, 24);
     let text = screen_text(&lines);
-    assert!(text.contains("line 47") && !text.contains("line 49"), "{text}");
+    assert!(
+        text.contains("line 47") && !text.contains("line 49"),
+        "{text}"
+    );
     press(&mut app, KeyCode::Char('G'));
     assert_eq!(app.training.log_scroll, 0);
 }
@@ -380,7 +506,8 @@ fn pictures_draw_half_blocks_cell_by_cell() {
     let picture = Picture::new(img);
     let mut pictures = Pictures::default();
     let mut term = Terminal::new(TestBackend::new(4, 2)).unwrap();
-    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color)).unwrap();
+    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color))
+        .unwrap();
     let buf = term.backend().buffer();
     for y in 0..2u16 {
         for x in 0..4u16 {
@@ -388,13 +515,20 @@ fn pictures_draw_half_blocks_cell_by_cell() {
             let (top, bottom) = (y as u8 * 2, y as u8 * 2 + 1);
             assert_eq!(c.symbol(), "▀");
             assert_eq!(c.fg, Color::Rgb(x as u8 * 60, top * 60, 7), "cell {x},{y}");
-            assert_eq!(c.bg, Color::Rgb(x as u8 * 60, bottom * 60, 7), "cell {x},{y}");
+            assert_eq!(
+                c.bg,
+                Color::Rgb(x as u8 * 60, bottom * 60, 7),
+                "cell {x},{y}"
+            );
         }
     }
     // In a wider area the picture is centred, aspect kept, and the rest left alone.
     let mut term = Terminal::new(TestBackend::new(8, 2)).unwrap();
-    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color)).unwrap();
-    let row: String = (0..8).map(|x| term.backend().buffer()[(x, 0)].symbol().to_string()).collect();
+    term.draw(|f| pictures.draw(&picture, f.area(), f.buffer_mut(), ImageMode::Color))
+        .unwrap();
+    let row: String = (0..8)
+        .map(|x| term.backend().buffer()[(x, 0)].symbol().to_string())
+        .collect();
     assert_eq!(row, "  ▀▀▀▀  ");
 }
 
@@ -405,16 +539,31 @@ fn gallery_and_browser_status_bar_names_the_protocol() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut app = app(dir.path(), true);
-    let decision = Decision { protocol: ProtocolType::Sixel, cell: (8, 16), tmux: true, why: "test".into() };
+    let decision = Decision {
+        protocol: ProtocolType::Sixel,
+        cell: (8, 16),
+        tmux: true,
+        why: "test".into(),
+    };
     app.graphics = decision.label();
     app.pictures = Pictures::new(decision);
     for screen in ['1', '3'] {
         press(&mut app, KeyCode::Char(screen));
         let (lines, _) = draw(&mut app, 120, 30);
-        assert!(lines.last().unwrap().contains("sixel+tmux"), "{}", lines.last().unwrap());
+        assert!(
+            lines.last().unwrap().contains("sixel+tmux"),
+            "{}",
+            lines.last().unwrap()
+        );
     }
     // The gallery's own keys do not shadow the global ones.
-    assert_eq!(press(&mut app, KeyCode::Char('s')), Action::Send("save".into()));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('s')),
+        Action::Send("save".into())
+    );
     press(&mut app, KeyCode::Char('v'));
-    assert_eq!(app.gallery.view, facestudio::tui::screens::gallery::View::Reconstructions);
+    assert_eq!(
+        app.gallery.view,
+        facestudio::tui::screens::gallery::View::Reconstructions
+    );
 }

@@ -65,7 +65,10 @@ pub struct EpochSettings {
 impl EpochSettings {
     /// Settings with these initial values.
     pub fn new(batch_size: usize, flip: bool) -> Self {
-        Self { batch_size: AtomicUsize::new(batch_size), flip: AtomicBool::new(flip) }
+        Self {
+            batch_size: AtomicUsize::new(batch_size),
+            flip: AtomicBool::new(flip),
+        }
     }
 }
 
@@ -99,26 +102,41 @@ impl Prefetcher {
                     let order = epoch_order(indices.len(), seed, pos.epoch);
                     let batches = batches_per_epoch(indices.len(), batch_size);
                     while pos.batch < batches {
-                        let chunk = &order[pos.batch * batch_size..((pos.batch + 1) * batch_size).min(order.len())];
+                        let chunk = &order[pos.batch * batch_size
+                            ..((pos.batch + 1) * batch_size).min(order.len())];
                         let ids: Vec<usize> = chunk.iter().map(|&k| indices[k]).collect();
                         let flips = flip_mask(&ids, seed, pos.epoch, flip);
                         let xs = to_f32(&data, &ids, &flips);
-                        let batch = Batch { position: pos, batches_in_epoch: batches, len: ids.len(), xs };
+                        let batch = Batch {
+                            position: pos,
+                            batches_in_epoch: batches,
+                            len: ids.len(),
+                            xs,
+                        };
                         if tx.send(batch).is_err() {
                             return;
                         }
                         pos.batch += 1;
                     }
-                    pos = Position { epoch: pos.epoch + 1, batch: 0 };
+                    pos = Position {
+                        epoch: pos.epoch + 1,
+                        batch: 0,
+                    };
                 }
             })
             .expect("spawning the prefetch thread");
-        Self { rx, stop, handle: Some(handle) }
+        Self {
+            rx,
+            stop,
+            handle: Some(handle),
+        }
     }
 
     /// The next batch; blocks only when the prefetcher has fallen behind.
     pub fn next(&self) -> Batch {
-        self.rx.recv().expect("the prefetch thread runs until dropped")
+        self.rx
+            .recv()
+            .expect("the prefetch thread runs until dropped")
     }
 }
 
@@ -151,7 +169,9 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 
 fn flip_mask(ids: &[usize], seed: u64, epoch: u64, enabled: bool) -> Vec<bool> {
     let mut rng = Rng::keyed(seed, "flip", epoch);
-    ids.iter().map(|&i| enabled && Rng::keyed(rng.next_u64(), "img", i as u64).uniform() < 0.5).collect()
+    ids.iter()
+        .map(|&i| enabled && Rng::keyed(rng.next_u64(), "img", i as u64).uniform() < 0.5)
+        .collect()
 }
 
 /// Converts images to f32 in [0, 1], optionally mirrored left to right.
@@ -202,13 +222,30 @@ mod tests {
     fn prefetcher_walks_epochs_in_seeded_order() {
         let data = Arc::new(tiny(10));
         let idx = Arc::new((0..10).collect::<Vec<_>>());
-        let settings = Arc::new(EpochSettings { batch_size: 4.into(), flip: false.into() });
-        let p = Prefetcher::start(data.clone(), idx.clone(), settings.clone(), 1, Position::default(), 2);
+        let settings = Arc::new(EpochSettings {
+            batch_size: 4.into(),
+            flip: false.into(),
+        });
+        let p = Prefetcher::start(
+            data.clone(),
+            idx.clone(),
+            settings.clone(),
+            1,
+            Position::default(),
+            2,
+        );
         let got: Vec<Position> = (0..5).map(|_| p.next().position).collect();
         assert_eq!(got[2], Position { epoch: 1, batch: 0 });
         drop(p);
         // Starting mid-run gives the same batch as walking there.
-        let q = Prefetcher::start(data.clone(), idx.clone(), settings.clone(), 1, Position { epoch: 1, batch: 1 }, 2);
+        let q = Prefetcher::start(
+            data.clone(),
+            idx.clone(),
+            settings.clone(),
+            1,
+            Position { epoch: 1, batch: 1 },
+            2,
+        );
         let p = Prefetcher::start(data, idx, settings, 1, Position::default(), 2);
         let walked: Vec<f32> = (0..4).map(|_| p.next()).last().unwrap().xs;
         assert_eq!(q.next().xs, walked);
@@ -217,6 +254,9 @@ mod tests {
     #[test]
     fn flip_mirrors_rows() {
         let data = tiny(1);
-        assert_eq!(to_f32(&data, &[0], &[true]), vec![1.0 / 255.0, 0.0, 3.0 / 255.0, 2.0 / 255.0]);
+        assert_eq!(
+            to_f32(&data, &[0], &[true]),
+            vec![1.0 / 255.0, 0.0, 3.0 / 255.0, 2.0 / 255.0]
+        );
     }
 }

@@ -48,7 +48,13 @@ impl Fnv {
 }
 
 /// The cache key of a folder and its preparation.
-pub fn key(root: &Path, entries: &[Entry], size: (usize, usize), channels: usize, crop: Crop) -> u64 {
+pub fn key(
+    root: &Path,
+    entries: &[Entry],
+    size: (usize, usize),
+    channels: usize,
+    crop: Crop,
+) -> u64 {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     h.add(&VERSION.to_le_bytes());
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());

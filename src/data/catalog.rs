@@ -83,7 +83,9 @@ pub fn descriptions() -> Vec<Description> {
         .iter()
         .map(|(name, text)| toml::from_str(text).unwrap_or_else(|e| panic!("shipped {name}: {e}")))
         .collect();
-    let Ok(dir) = std::fs::read_dir("datasets") else { return all };
+    let Ok(dir) = std::fs::read_dir("datasets") else {
+        return all;
+    };
     for entry in dir.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "toml") {
@@ -92,8 +94,12 @@ pub fn descriptions() -> Vec<Description> {
                     all.retain(|o| o.name != d.name);
                     all.push(d);
                 }
-                Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "bad data set description"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable description"),
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "bad data set description")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable description")
+                }
             }
         }
     }
@@ -114,7 +120,10 @@ pub fn data_roots() -> Vec<PathBuf> {
 }
 
 fn kind_of_path(path: &Path) -> SourceKind {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
         SourceKind::Npy(path.to_path_buf())
     } else {
         SourceKind::Folder(path.to_path_buf())
@@ -128,19 +137,36 @@ pub fn resolve(source: &str) -> Result<Source, DataError> {
     }
     let path = Path::new(source);
     if path.exists() {
-        return Ok(Source { kind: kind_of_path(path), crop: None });
+        return Ok(Source {
+            kind: kind_of_path(path),
+            crop: None,
+        });
     }
     Err(DataError::Source(format!(
         "data source `{source}` is neither a data set name ({}) nor an existing path",
-        descriptions().iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+        descriptions()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     )))
 }
 
 fn resolve_description(desc: &Description) -> Result<Source, DataError> {
     let crop = Some(desc.crop);
     let rel = match (desc.kind, &desc.path) {
-        (DescriptionKind::Synthetic, _) => return Ok(Source { kind: SourceKind::Synthetic, crop }),
-        (_, None) => return Err(DataError::Source(format!("data set `{}` has no path", desc.name))),
+        (DescriptionKind::Synthetic, _) => {
+            return Ok(Source {
+                kind: SourceKind::Synthetic,
+                crop,
+            })
+        }
+        (_, None) => {
+            return Err(DataError::Source(format!(
+                "data set `{}` has no path",
+                desc.name
+            )))
+        }
         (_, Some(p)) => PathBuf::from(p),
     };
     let candidates: Vec<PathBuf> = if rel.is_absolute() {
@@ -150,13 +176,23 @@ fn resolve_description(desc: &Description) -> Result<Source, DataError> {
     };
     let found = candidates.iter().find(|p| p.exists()).cloned();
     match found {
-        Some(path) if desc.kind == DescriptionKind::Npy => Ok(Source { kind: SourceKind::Npy(path), crop }),
-        Some(path) => Ok(Source { kind: SourceKind::Folder(path), crop }),
+        Some(path) if desc.kind == DescriptionKind::Npy => Ok(Source {
+            kind: SourceKind::Npy(path),
+            crop,
+        }),
+        Some(path) => Ok(Source {
+            kind: SourceKind::Folder(path),
+            crop,
+        }),
         None => Err(DataError::Source(format!(
             "the images of data set `{}` are missing: looked for {} in {}. {}",
             desc.name,
             rel.display(),
-            data_roots().iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "),
+            data_roots()
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             desc.get.as_deref().unwrap_or("")
         ))),
     }
@@ -170,7 +206,9 @@ pub fn check_source(source: &str) -> Result<(), String> {
     if descriptions().iter().any(|d| d.name == source) || Path::new(source).exists() {
         return Ok(());
     }
-    Err(format!("`{source}` is not a known data set name and no such file or folder exists"))
+    Err(format!(
+        "`{source}` is not a known data set name and no such file or folder exists"
+    ))
 }
 
 #[cfg(test)]
@@ -187,7 +225,10 @@ mod tests {
 
     #[test]
     fn missing_images_say_where_to_get_them() {
-        let desc = descriptions().into_iter().find(|d| d.name == "ffhq").unwrap();
+        let desc = descriptions()
+            .into_iter()
+            .find(|d| d.name == "ffhq")
+            .unwrap();
         let e = resolve_description(&desc).unwrap_err().to_string();
         assert!(e.contains("missing") && e.contains("ffhq-dataset"), "{e}");
     }

@@ -39,11 +39,18 @@ pub const EXCLUDE_FILE: &str = ".facestudio-exclude";
 /// The images of `root` excluded from training (empty when there is no list).
 pub fn read_excluded(root: &Path) -> std::collections::BTreeSet<PathBuf> {
     let text = std::fs::read_to_string(root.join(EXCLUDE_FILE)).unwrap_or_default();
-    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(PathBuf::from).collect()
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// Writes the exclusion list of `root` atomically.
-pub fn write_excluded(root: &Path, excluded: &std::collections::BTreeSet<PathBuf>) -> std::io::Result<()> {
+pub fn write_excluded(
+    root: &Path,
+    excluded: &std::collections::BTreeSet<PathBuf>,
+) -> std::io::Result<()> {
     let mut text = String::from("# images left out of training by facestudio; one path a line\n");
     for p in excluded {
         text.push_str(&p.to_string_lossy());
@@ -68,7 +75,10 @@ pub fn scan(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
 pub fn scan_all(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
     let meta = std::fs::metadata(root).map_err(|e| DataError::io(root, e))?;
     if !meta.is_dir() {
-        return Err(DataError::BadFile { path: root.to_path_buf(), reason: "not a folder".into() });
+        return Err(DataError::BadFile {
+            path: root.to_path_buf(),
+            reason: "not a folder".into(),
+        });
     }
     let mut entries = Vec::new();
     let mut bad = Vec::new();
@@ -77,7 +87,10 @@ pub fn scan_all(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
         let listing = match std::fs::read_dir(&dir) {
             Ok(l) => l,
             Err(e) => {
-                bad.push(BadFile { path: dir, reason: format!("cannot list folder: {e}") });
+                bad.push(BadFile {
+                    path: dir,
+                    reason: format!("cannot list folder: {e}"),
+                });
                 continue;
             }
         };
@@ -92,8 +105,13 @@ pub fn scan_all(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
             } else if hidden {
                 continue;
             } else if !is_image(&path) {
-                let ext = path.extension().map_or("none".into(), |e| e.to_string_lossy().into_owned());
-                bad.push(BadFile { path, reason: format!("not an image file type (extension: {ext})") });
+                let ext = path
+                    .extension()
+                    .map_or("none".into(), |e| e.to_string_lossy().into_owned());
+                bad.push(BadFile {
+                    path,
+                    reason: format!("not an image file type (extension: {ext})"),
+                });
             } else if is_image(&path) {
                 let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
                 let mtime_ns = meta
@@ -101,7 +119,11 @@ pub fn scan_all(root: &Path) -> Result<(Vec<Entry>, Vec<BadFile>), DataError> {
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_nanos());
-                entries.push(Entry { rel, size: meta.len(), mtime_ns });
+                entries.push(Entry {
+                    rel,
+                    size: meta.len(),
+                    mtime_ns,
+                });
             }
         }
     }
@@ -144,7 +166,12 @@ pub fn crop_rect(crop: Crop, w: u32, h: u32) -> (u32, u32, u32, u32) {
 }
 
 /// Crops, resizes and converts one picture to u8 CHW with `channels` planes.
-pub fn prepare(img: &image::DynamicImage, crop: Crop, (h, w): (usize, usize), channels: usize) -> Vec<u8> {
+pub fn prepare(
+    img: &image::DynamicImage,
+    crop: Crop,
+    (h, w): (usize, usize),
+    channels: usize,
+) -> Vec<u8> {
     let (x, y, cw, ch) = crop_rect(crop, img.width(), img.height());
     let cropped = img.crop_imm(x, y, cw, ch);
     let resized = cropped.resize_exact(w as u32, h as u32, FilterType::CatmullRom);
@@ -163,7 +190,12 @@ pub fn prepare(img: &image::DynamicImage, crop: Crop, (h, w): (usize, usize), ch
 }
 
 /// Decodes and prepares every image under `root`; bad files are skipped and listed.
-pub fn load(root: &Path, size: (usize, usize), channels: usize, crop: Crop) -> Result<Dataset, DataError> {
+pub fn load(
+    root: &Path,
+    size: (usize, usize),
+    channels: usize,
+    crop: Crop,
+) -> Result<Dataset, DataError> {
     let (entries, mut bad_files) = scan(root)?;
     load_entries(root, &entries, size, channels, crop, &mut bad_files)
 }
@@ -188,7 +220,10 @@ fn load_entries(
                 pixels.extend_from_slice(&px);
                 labels.push(entry.rel.to_string_lossy().into_owned());
             }
-            Err(reason) => bad_files.push(BadFile { path: root.join(&entry.rel), reason }),
+            Err(reason) => bad_files.push(BadFile {
+                path: root.join(&entry.rel),
+                reason,
+            }),
         }
     }
     if labels.is_empty() {
@@ -197,11 +232,25 @@ fn load_entries(
         } else {
             format!("all {} image files could not be read", entries.len())
         };
-        return Err(DataError::Empty { path: root.to_path_buf(), reason });
+        return Err(DataError::Empty {
+            path: root.to_path_buf(),
+            reason,
+        });
     }
-    let name = root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = root
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (height, width) = size;
-    Ok(Dataset { name, channels, height, width, pixels, labels, bad_files: std::mem::take(bad_files) })
+    Ok(Dataset {
+        name,
+        channels,
+        height,
+        width,
+        pixels,
+        labels,
+        bad_files: std::mem::take(bad_files),
+    })
 }
 
 /// Like [`load`], but reuses the decoded images cached under `cache_dir` when the folder and

@@ -50,7 +50,10 @@ pub enum DataError {
 impl DataError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -150,13 +153,20 @@ pub fn load(config: &Config) -> Result<Dataset, DataError> {
         catalog::SourceKind::Npy(path) => {
             let im = npy::read(path)?;
             let native = model.arch == Arch::Mlp;
-            let target = if native { (im.height, im.width) } else { square };
+            let target = if native {
+                (im.height, im.width)
+            } else {
+                square
+            };
             from_npy(im, path, target, model.channels)
         }
     };
     if data.is_empty() {
         let reason = format!("{} files could not be read", data.bad_files.len());
-        return Err(DataError::Empty { path: PathBuf::from(&config.data.source), reason });
+        return Err(DataError::Empty {
+            path: PathBuf::from(&config.data.source),
+            reason,
+        });
     }
     Ok(data)
 }
@@ -164,7 +174,10 @@ pub fn load(config: &Config) -> Result<Dataset, DataError> {
 fn from_npy(im: npy::NpyImages, path: &Path, target: (usize, usize), channels: usize) -> Dataset {
     let labels = (0..im.count).map(|i| format!("#{i}")).collect();
     let ds = Dataset {
-        name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         channels: im.channels,
         height: im.height,
         width: im.width,
@@ -187,7 +200,9 @@ pub fn convert_channels(mut ds: Dataset, channels: usize) -> Dataset {
         let img = ds.image(i);
         if channels == 1 {
             out.extend((0..plane).map(|p| {
-                let l = 0.299 * img[p] as f32 + 0.587 * img[plane + p] as f32 + 0.114 * img[2 * plane + p] as f32;
+                let l = 0.299 * img[p] as f32
+                    + 0.587 * img[plane + p] as f32
+                    + 0.114 * img[2 * plane + p] as f32;
                 l.round() as u8
             }));
         } else {

@@ -46,7 +46,10 @@ pub struct Header {
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> DataError {
-    DataError::BadFile { path: path.to_path_buf(), reason: msg.into() }
+    DataError::BadFile {
+        path: path.to_path_buf(),
+        reason: msg.into(),
+    }
 }
 
 /// Parses the header at the start of `bytes` (which may be only the file's first bytes).
@@ -56,13 +59,17 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, DataError> {
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return Err(bad(path, format!("unsupported NPY version {v}"))),
     };
     if len > MAX_HEADER {
-        return Err(bad(path, format!("header claims {len} bytes (limit {MAX_HEADER})")));
+        return Err(bad(
+            path,
+            format!("header claims {len} bytes (limit {MAX_HEADER})"),
+        ));
     }
     let text = bytes
         .get(start..start + len)
@@ -72,13 +79,22 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header, DataError> {
         Some("'|u1'") | Some("'u1'") | Some("'<u1'") => Dtype::U8,
         Some("'<f4'") => Dtype::F32,
         Some("'<f8'") => Dtype::F64,
-        other => return Err(bad(path, format!("unsupported dtype {other:?} (need u1, <f4, <f8)"))),
+        other => {
+            return Err(bad(
+                path,
+                format!("unsupported dtype {other:?} (need u1, <f4, <f8)"),
+            ))
+        }
     };
     if dict_value(text, "fortran_order").as_deref() != Some("False") {
         return Err(bad(path, "Fortran-ordered arrays are not supported"));
     }
     let shape = parse_shape(text).ok_or_else(|| bad(path, "header has no readable shape"))?;
-    Ok(Header { dtype, shape, data_offset: start + len })
+    Ok(Header {
+        dtype,
+        shape,
+        data_offset: start + len,
+    })
 }
 
 /// The raw text of `'key': value` in a Python dict literal.
@@ -124,23 +140,32 @@ pub fn read(path: &Path) -> Result<NpyImages, DataError> {
     let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len() as usize;
     let mut head = vec![0u8; (MAX_HEADER + 12).min(file_len)];
-    file.read_exact(&mut head).map_err(|e| DataError::io(path, e))?;
+    file.read_exact(&mut head)
+        .map_err(|e| DataError::io(path, e))?;
     let header = parse_header(&head, path)?;
     let (count, height, width, channels) = match header.shape[..] {
         [n, h, w] => (n, h, w, 1),
         [n, h, w, c] if c == 1 || c == 3 => (n, h, w, c),
         _ => {
-            let msg = format!("shape {:?} is not N x H x W or N x H x W x C (C 1 or 3)", header.shape);
+            let msg = format!(
+                "shape {:?} is not N x H x W or N x H x W x C (C 1 or 3)",
+                header.shape
+            );
             return Err(bad(path, msg));
         }
     };
     if count == 0 || height == 0 || width == 0 || height > MAX_SIDE || width > MAX_SIDE {
-        return Err(bad(path, format!("shape {:?} has an empty or oversized side", header.shape)));
+        return Err(bad(
+            path,
+            format!("shape {:?} has an empty or oversized side", header.shape),
+        ));
     }
     let elems = count
         .checked_mul(height * width * channels)
         .ok_or_else(|| bad(path, "shape overflows"))?;
-    let expected = elems.checked_mul(header.dtype.size()).ok_or_else(|| bad(path, "shape overflows"))?;
+    let expected = elems
+        .checked_mul(header.dtype.size())
+        .ok_or_else(|| bad(path, "shape overflows"))?;
     if file_len - header.data_offset != expected {
         let msg = format!(
             "header promises {expected} data bytes for shape {:?}, file has {}",
@@ -152,7 +177,13 @@ pub fn read(path: &Path) -> Result<NpyImages, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let values = to_u8(&bytes[header.data_offset..], header.dtype);
     let pixels = hwc_to_chw(&values, count, height, width, channels);
-    Ok(NpyImages { count, channels, height, width, pixels })
+    Ok(NpyImages {
+        count,
+        channels,
+        height,
+        width,
+        pixels,
+    })
 }
 
 /// Converts the raw data to bytes; floats in [0, 1] are scaled by 255, others clamped.
@@ -168,9 +199,22 @@ fn to_u8(raw: &[u8], dtype: Dtype) -> Vec<u8> {
             .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
             .collect(),
     };
-    let max = floats.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let max = floats
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
     let scale = if max <= 1.0 { 255.0 } else { 1.0 };
-    floats.iter().map(|&v| if v.is_finite() { (v * scale).round().clamp(0.0, 255.0) as u8 } else { 0 }).collect()
+    floats
+        .iter()
+        .map(|&v| {
+            if v.is_finite() {
+                (v * scale).round().clamp(0.0, 255.0) as u8
+            } else {
+                0
+            }
+        })
+        .collect()
 }
 
 fn hwc_to_chw(values: &[u8], n: usize, h: usize, w: usize, c: usize) -> Vec<u8> {
@@ -192,8 +236,19 @@ fn hwc_to_chw(values: &[u8], n: usize, h: usize, w: usize, c: usize) -> Vec<u8> 
 }
 
 /// Writes u8 images (N x H x W, or N x H x W x C when `channels` is 3) as an NPY v1 file.
-pub fn write_u8(path: &Path, hwc: &[u8], n: usize, h: usize, w: usize, channels: usize) -> std::io::Result<()> {
-    let shape = if channels == 1 { format!("({n}, {h}, {w})") } else { format!("({n}, {h}, {w}, {channels})") };
+pub fn write_u8(
+    path: &Path,
+    hwc: &[u8],
+    n: usize,
+    h: usize,
+    w: usize,
+    channels: usize,
+) -> std::io::Result<()> {
+    let shape = if channels == 1 {
+        format!("({n}, {h}, {w})")
+    } else {
+        format!("({n}, {h}, {w}, {channels})")
+    };
     let mut dict = format!("{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + dict.len() + 1) % 64 != 0 {
         dict.push(' ');
@@ -234,7 +289,10 @@ mod tests {
         let p = tmp("lie");
         write_u8(&p, &[1u8; 12], 2, 3, 2, 1).unwrap();
         let mut bytes = std::fs::read(&p).unwrap();
-        let at = bytes.windows(9).position(|w| w == b"(2, 3, 2)").expect("shape in the header");
+        let at = bytes
+            .windows(9)
+            .position(|w| w == b"(2, 3, 2)")
+            .expect("shape in the header");
         bytes[at + 1] = b'9';
         std::fs::write(&p, &bytes).unwrap();
         let e = read(&p).unwrap_err().to_string();
@@ -246,13 +304,19 @@ mod tests {
         let p = Path::new("x.npy");
         let mut b = b"\x93NUMPY\x02\x00".to_vec();
         b.extend_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse_header(&b, p).unwrap_err().to_string().contains("limit"));
+        assert!(parse_header(&b, p)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
         assert!(parse_header(b"hello world", p).is_err());
         assert!(parse_header(b"\x93NUMPY\x01\x00\xff\x00{", p).is_err());
     }
 
     #[test]
     fn floats_in_unit_range_are_scaled() {
-        assert_eq!(to_u8(&[0f32, 0.5, 1.0].map(f32::to_le_bytes).concat(), Dtype::F32), vec![0, 128, 255]);
+        assert_eq!(
+            to_u8(&[0f32, 0.5, 1.0].map(f32::to_le_bytes).concat(), Dtype::F32),
+            vec![0, 128, 255]
+        );
     }
 }

@@ -30,27 +30,37 @@ pub fn scan_folder(root: &Path, quick: bool) -> Result<Report, DataError> {
         .par_iter()
         .map(|e| {
             let path = root.join(&e.rel);
-            let fail = |reason: String| BadFile { path: path.clone(), reason };
+            let fail = |reason: String| BadFile {
+                path: path.clone(),
+                reason,
+            };
             if quick {
                 let reader = image::ImageReader::open(&path)
                     .map_err(|e| fail(format!("cannot open: {e}")))?
                     .with_guessed_format()
                     .map_err(|e| fail(format!("cannot read: {e}")))?;
-                let dims = reader.into_dimensions().map_err(|e| fail(format!("cannot read header: {e}")))?;
+                let dims = reader
+                    .into_dimensions()
+                    .map_err(|e| fail(format!("cannot read header: {e}")))?;
                 Ok((dims, "?".to_string()))
             } else {
                 let img = folder::decode(&path).map_err(fail)?;
                 let layout = match img.color() {
                     image::ColorType::L8 | image::ColorType::L16 => "gray",
                     image::ColorType::La8 | image::ColorType::La16 => "gray+alpha",
-                    image::ColorType::Rgb8 | image::ColorType::Rgb16 | image::ColorType::Rgb32F => "rgb",
+                    image::ColorType::Rgb8 | image::ColorType::Rgb16 | image::ColorType::Rgb32F => {
+                        "rgb"
+                    }
                     _ => "rgba",
                 };
                 Ok(((img.width(), img.height()), layout.to_string()))
             }
         })
         .collect();
-    let mut report = Report { files: entries.len(), ..Default::default() };
+    let mut report = Report {
+        files: entries.len(),
+        ..Default::default()
+    };
     for r in results {
         match r {
             Ok((dims, layout)) => {
@@ -72,7 +82,13 @@ impl Report {
     /// The report as text.
     pub fn render(&self, root: &Path) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{}: {} readable images, {} unreadable files", root.display(), self.readable, self.bad.len());
+        let _ = writeln!(
+            s,
+            "{}: {} readable images, {} unreadable files",
+            root.display(),
+            self.readable,
+            self.bad.len()
+        );
         let mut sizes: Vec<(&(u32, u32), &usize)> = self.sizes.iter().collect();
         sizes.sort_by(|a, b| b.1.cmp(a.1));
         let _ = writeln!(s, "pixel sizes (width x height):");
@@ -83,7 +99,11 @@ impl Report {
             let _ = writeln!(s, "  ... and {} more sizes", sizes.len() - 10);
         }
         if !self.channels.is_empty() {
-            let list: Vec<String> = self.channels.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let list: Vec<String> = self
+                .channels
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
             let _ = writeln!(s, "channels: {}", list.join(", "));
         }
         let _ = writeln!(s, "unreadable: {}", self.bad.len());

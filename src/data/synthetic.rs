@@ -92,7 +92,11 @@ const TEETH: Rgb = [0.95, 0.93, 0.88];
 
 /// Interpolates linearly between two colours.
 fn mix3(a: Rgb, b: Rgb, t: f32) -> Rgb {
-    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+    ]
 }
 
 /// Multiplies every channel of a colour by `k`.
@@ -311,7 +315,16 @@ impl FaceParams {
         let mouth = sample_mouth(&mut rng, &shape, &eyes);
         let backdrop = sample_backdrop(&mut rng);
         let pose = sample_pose(&mut rng);
-        Self { shape, eyes, brows, nose, mouth, hair, backdrop, pose }
+        Self {
+            shape,
+            eyes,
+            brows,
+            nose,
+            mouth,
+            hair,
+            backdrop,
+            pose,
+        }
     }
 }
 
@@ -320,14 +333,34 @@ fn sample_hair(rng: &mut Rng) -> Hair {
     let base = palette(&HAIR_COLOURS, rng.unit().powf(1.5));
     let style = rng.unit();
     let (length, fringe, part, baldness) = if style < 0.28 {
-        (rng.range(0.0, 0.25), rng.range(0.0, 0.3), rng.range(-0.2, 0.2), 0.0)
+        (
+            rng.range(0.0, 0.25),
+            rng.range(0.0, 0.3),
+            rng.range(-0.2, 0.2),
+            0.0,
+        )
     } else if style < 0.58 {
-        (rng.range(0.6, 1.0), rng.range(0.0, 0.45), rng.range(-0.3, 0.3), 0.0)
+        (
+            rng.range(0.6, 1.0),
+            rng.range(0.0, 0.45),
+            rng.range(-0.3, 0.3),
+            0.0,
+        )
     } else if style < 0.72 {
-        (rng.range(0.15, 0.9), rng.range(0.75, 1.0), rng.range(-0.15, 0.15), 0.0)
+        (
+            rng.range(0.15, 0.9),
+            rng.range(0.75, 1.0),
+            rng.range(-0.15, 0.15),
+            0.0,
+        )
     } else if style < 0.9 {
         let side = if rng.chance(0.5) { -1.0 } else { 1.0 };
-        (rng.range(0.0, 0.75), rng.range(0.15, 0.5), side * rng.range(0.55, 1.0), 0.0)
+        (
+            rng.range(0.0, 0.75),
+            rng.range(0.15, 0.5),
+            side * rng.range(0.55, 1.0),
+            0.0,
+        )
     } else {
         (0.0, 0.0, rng.range(-0.1, 0.1), rng.range(0.55, 1.05))
     };
@@ -355,7 +388,10 @@ fn sample_brows(rng: &mut Rng, hair: &Hair) -> Brows {
 }
 
 fn sample_nose(rng: &mut Rng) -> Nose {
-    Nose { length: rng.bell(0.12, 0.16), width: rng.bell(0.03, 0.045) }
+    Nose {
+        length: rng.bell(0.12, 0.16),
+        width: rng.bell(0.03, 0.045),
+    }
 }
 
 /// Draws the mouth; wider smiles tend to part the lips, as real smiles do.
@@ -379,7 +415,11 @@ fn sample_backdrop(rng: &mut Rng) -> Backdrop {
     let val = rng.range(0.25, 0.97);
     Backdrop {
         from: hsv(hue, sat, val),
-        to: hsv(hue + rng.range(-0.12, 0.12), sat * rng.range(0.5, 1.2), val * rng.range(0.5, 1.1)),
+        to: hsv(
+            hue + rng.range(-0.12, 0.12),
+            sat * rng.range(0.5, 1.2),
+            val * rng.range(0.5, 1.1),
+        ),
         angle: rng.range(0.0, std::f32::consts::TAU),
     }
 }
@@ -472,7 +512,10 @@ impl<'a> Layout<'a> {
     fn to_local(&self, x: f32, y: f32) -> (f32, f32) {
         let pose = &self.p.pose;
         let (ux, uy) = ((x - pose.dx) / pose.scale, (y - pose.dy) / pose.scale);
-        (self.cos * ux + self.sin * uy, -self.sin * ux + self.cos * uy)
+        (
+            self.cos * ux + self.sin * uy,
+            -self.sin * ux + self.cos * uy,
+        )
     }
 
     /// Colour of the pixel whose centre sits at image point `(x, y)`.
@@ -611,7 +654,11 @@ impl<'a> Layout<'a> {
         if ex < -e.size || ex > e.size * 1.25 {
             return;
         }
-        let flick = if ex > e.size * 0.7 { (ex - e.size * 0.7) * 0.5 } else { 0.0 };
+        let flick = if ex > e.size * 0.7 {
+            (ex - e.size * 0.7) * 0.5
+        } else {
+            0.0
+        };
         let line = (ey - top + flick).abs() - e.size * 0.1;
         let span = (-e.size - ex).max(ex - e.size * 1.25);
         over(c, LASH, cover(line.max(span), self.aa) * 0.9);
@@ -645,7 +692,11 @@ impl<'a> Layout<'a> {
         let ridge_x = x + self.p.pose.light.signum() * n.width * 0.45;
         let ridge = ridge_x.abs() - 0.004;
         let fade = smooth(-0.1, -0.02, ny) * (1.0 - smooth(-0.01, 0.0, ny));
-        over(c, scale3(skin, 0.75), cover(ridge, self.aa * 3.0) * 0.35 * fade);
+        over(
+            c,
+            scale3(skin, 0.75),
+            cover(ridge, self.aa * 3.0) * 0.35 * fade,
+        );
         let under = sd_ellipse(x, ny - 0.012, n.width * 0.9, 0.011);
         over(c, scale3(skin, 0.72), cover(under, self.aa * 3.0) * 0.5);
         let tip = sd_ellipse(x, ny + 0.004, n.width * 0.55, 0.017);
@@ -680,7 +731,9 @@ impl<'a> Layout<'a> {
         let opening = (mid - gap - my).max(my - mid - gap).max(ends);
         over(c, MOUTH_INSIDE, cover(seam.min(opening), self.aa));
         let teeth_edge = mid - gap + gap * 0.9;
-        let teeth = (mid - gap - my).max(my - teeth_edge).max(x.abs() - m.width * 0.75);
+        let teeth = (mid - gap - my)
+            .max(my - teeth_edge)
+            .max(x.abs() - m.width * 0.75);
         over(c, TEETH, cover(teeth, self.aa) * smooth(0.05, 0.25, m.open));
     }
 
@@ -708,7 +761,12 @@ impl<'a> Layout<'a> {
         }
         let outer = sd_ellipse(x, y - self.head_y, rx, ry);
         let crown_y = self.head_y - s.height;
-        let bald = -sd_ellipse(x, y - crown_y, s.width * 1.05 * h.baldness, 0.3 * h.baldness);
+        let bald = -sd_ellipse(
+            x,
+            y - crown_y,
+            s.width * 1.05 * h.baldness,
+            0.3 * h.baldness,
+        );
         let d = outer.max(self.below_hairline(x, y)).max(bald);
         let alpha = cover(d, self.aa);
         if alpha > 0.0 {
@@ -768,14 +826,16 @@ pub fn render_set(seed: u64, count: usize, size: u32) -> Vec<u8> {
     if plane == 0 {
         return out;
     }
-    out.par_chunks_mut(3 * plane).enumerate().for_each(|(i, image)| {
-        let hwc = render(&FaceParams::from_seed(seed, i as u64), size);
-        for (px, rgb) in hwc.chunks_exact(3).enumerate() {
-            for (ch, &v) in rgb.iter().enumerate() {
-                image[ch * plane + px] = v;
+    out.par_chunks_mut(3 * plane)
+        .enumerate()
+        .for_each(|(i, image)| {
+            let hwc = render(&FaceParams::from_seed(seed, i as u64), size);
+            for (px, rgb) in hwc.chunks_exact(3).enumerate() {
+                for (ch, &v) in rgb.iter().enumerate() {
+                    image[ch * plane + px] = v;
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -799,7 +859,8 @@ mod tests {
         for y in cy - half as i64..=cy + half as i64 {
             for x in cx - half as i64..=cx + half as i64 {
                 let i = (y as usize * size as usize + x as usize) * 3;
-                sum += 0.299 * img[i] as f32 + 0.587 * img[i + 1] as f32 + 0.114 * img[i + 2] as f32;
+                sum +=
+                    0.299 * img[i] as f32 + 0.587 * img[i + 1] as f32 + 0.114 * img[i + 2] as f32;
                 n += 1.0;
             }
         }
@@ -821,8 +882,15 @@ mod tests {
         let base = render(&FaceParams::from_seed(7, 0), 64);
         for index in 1..20 {
             let other = render(&FaceParams::from_seed(7, index), 64);
-            let differing = base.iter().zip(&other).filter(|(a, b)| a.abs_diff(**b) > 8).count();
-            assert!(differing > base.len() / 10, "face {index} too close to face 0");
+            let differing = base
+                .iter()
+                .zip(&other)
+                .filter(|(a, b)| a.abs_diff(**b) > 8)
+                .count();
+            assert!(
+                differing > base.len() / 10,
+                "face {index} too close to face 0"
+            );
         }
         assert_ne!(FaceParams::from_seed(1, 5), FaceParams::from_seed(2, 5));
     }
@@ -855,7 +923,11 @@ mod tests {
             let chw = &set[i * 3 * plane..(i + 1) * 3 * plane];
             for px in 0..plane {
                 for ch in 0..3 {
-                    assert_eq!(chw[ch * plane + px], hwc[px * 3 + ch], "face {i} px {px} ch {ch}");
+                    assert_eq!(
+                        chw[ch * plane + px],
+                        hwc[px * 3 + ch],
+                        "face {i} px {px} ch {ch}"
+                    );
                 }
             }
         }
@@ -864,15 +936,19 @@ mod tests {
     #[test]
     fn pixels_vary_substantially_across_faces() {
         let size = 64u32;
-        let faces: Vec<Vec<u8>> =
-            (0..100).map(|i| render(&FaceParams::from_seed(5, i), size)).collect();
+        let faces: Vec<Vec<u8>> = (0..100)
+            .map(|i| render(&FaceParams::from_seed(5, i), size))
+            .collect();
         let stds: Vec<f32> = (0..faces[0].len())
             .map(|k| mean_std(&faces.iter().map(|f| f[k] as f32).collect::<Vec<_>>()).1)
             .collect();
         let (mean_std_px, _) = mean_std(&stds);
         assert!(mean_std_px > 25.0, "mean per-pixel std only {mean_std_px}");
         let flat = stds.iter().filter(|s| **s < 3.0).count();
-        assert!(flat < stds.len() / 50, "{flat} pixels barely change across faces");
+        assert!(
+            flat < stds.len() / 50,
+            "{flat} pixels barely change across faces"
+        );
     }
 
     #[test]
@@ -887,7 +963,10 @@ mod tests {
             let cheek = patch_luma(&img, 64, 0.5, 0.56, 1);
             let skin = p.shape.skin.map(|v| v * 255.0);
             let expect = 0.299 * skin[0] + 0.587 * skin[1] + 0.114 * skin[2];
-            assert!((cheek - expect).abs() < 45.0, "face {i}: centre {cheek} vs skin {expect}");
+            assert!(
+                (cheek - expect).abs() < 45.0,
+                "face {i}: centre {cheek} vs skin {expect}"
+            );
         }
         assert!(mean_std(&cheeks).1 > 0.25, "skin tones too uniform");
         assert!(mean_std(&hair).1 > 0.35, "hair colours too uniform");
@@ -899,7 +978,13 @@ mod tests {
         let (mut eyes, mut mouths, mut cheeks) = (0.0, 0.0, 0.0);
         for i in 0..40 {
             let mut p = FaceParams::from_seed(21, i);
-            p.pose = Pose { dx: 0.0, dy: 0.0, scale: 1.0, tilt: 0.0, light: 0.0 };
+            p.pose = Pose {
+                dx: 0.0,
+                dy: 0.0,
+                scale: 1.0,
+                tilt: 0.0,
+                light: 0.0,
+            };
             let img = render(&p, size);
             let ey = 0.5 + p.eyes.y;
             let iris = p.eyes.gaze * p.eyes.size * 0.45;
@@ -907,13 +992,21 @@ mod tests {
             mouths += patch_luma(&img, size, 0.5, 0.5 + p.mouth.y, 0);
             cheeks += patch_luma(&img, size, 0.5 - p.eyes.spacing, 0.5 + p.mouth.y - 0.1, 1);
         }
-        assert!(eyes < cheeks * 0.6, "pupils {eyes} not darker than cheeks {cheeks}");
-        assert!(mouths < cheeks * 0.85, "mouths {mouths} not darker than cheeks {cheeks}");
+        assert!(
+            eyes < cheeks * 0.6,
+            "pupils {eyes} not darker than cheeks {cheeks}"
+        );
+        assert!(
+            mouths < cheeks * 0.85,
+            "mouths {mouths} not darker than cheeks {cheeks}"
+        );
     }
 
     #[test]
     fn hair_styles_cover_the_range() {
-        let params: Vec<_> = (0..500).map(|i| FaceParams::from_seed(13, i).hair).collect();
+        let params: Vec<_> = (0..500)
+            .map(|i| FaceParams::from_seed(13, i).hair)
+            .collect();
         assert!(params.iter().any(|h| h.baldness > 0.8));
         assert!(params.iter().any(|h| h.length > 0.8));
         assert!(params.iter().any(|h| h.fringe > 0.8));

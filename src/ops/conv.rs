@@ -87,7 +87,8 @@ impl Geometry {
     }
 
     fn check(&self) -> Result<()> {
-        let fits = self.h * self.up + 2 * self.pad >= self.k && self.w * self.up + 2 * self.pad >= self.k;
+        let fits =
+            self.h * self.up + 2 * self.pad >= self.k && self.w * self.up + 2 * self.pad >= self.k;
         if !fits || self.stride == 0 || self.up == 0 || self.k == 0 {
             candle_core::bail!("convolution does not fit: {self:?}");
         }
@@ -114,9 +115,24 @@ impl<'a> View<'a> {
 }
 
 /// `dst (m x n, row stride dst_rs) = [dst +] lhs (m x k) rhs (k x n)`, on the calling thread.
-fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, accumulate: bool, lhs: View, rhs: View) {
-    assert!(lhs.fits(m, k) && rhs.fits(k, n), "matrix operand out of bounds");
-    assert!(m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(), "matrix result out of bounds");
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+) {
+    assert!(
+        lhs.fits(m, k) && rhs.fits(k, n),
+        "matrix operand out of bounds"
+    );
+    assert!(
+        m == 0 || n == 0 || (m - 1) * dst_rs + n <= dst.len(),
+        "matrix result out of bounds"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -177,14 +193,25 @@ fn with_buffers<R>(cols: usize, tmp: usize, f: impl FnOnce(&mut [f32], &mut [f32
 
 /// Output columns `lo..hi` whose tap `kx` lands inside a row of `wv` values.
 fn valid_span(kx: usize, pad: usize, stride: usize, wv: usize, wo: usize) -> (usize, usize) {
-    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(stride) };
-    let hi = if wv + pad > kx { ((wv - 1 + pad - kx) / stride + 1).min(wo) } else { 0 };
+    let lo = if kx >= pad {
+        0
+    } else {
+        (pad - kx).div_ceil(stride)
+    };
+    let hi = if wv + pad > kx {
+        ((wv - 1 + pad - kx) / stride + 1).min(wo)
+    } else {
+        0
+    };
     (lo.min(hi), hi)
 }
 
 /// Walks every (row of the unfolded matrix, output row) pair that reads the input, with the
 /// span of output columns inside the image and the input row and first virtual column read.
-fn for_each_tap(g: &Geometry, mut f: impl FnMut(usize, usize, Option<(usize, usize, usize, usize)>)) {
+fn for_each_tap(
+    g: &Geometry,
+    mut f: impl FnMut(usize, usize, Option<(usize, usize, usize, usize)>),
+) {
     let (ho, wo) = (g.ho(), g.wo());
     let (hv, wv) = (g.h * g.up, g.w * g.up);
     for ci in 0..g.c_in {
@@ -223,33 +250,48 @@ fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
             (1, 1) => d.copy_from_slice(&src[start..start + d.len()]),
             (2, 1) => gather::<2, 1>(d, src, start),
             (1, 2) => gather::<1, 2>(d, src, start),
-            _ => d.iter_mut().enumerate().for_each(|(i, v)| *v = src[(start + i * g.stride) / g.up]),
+            _ => d
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = src[(start + i * g.stride) / g.up]),
         }
     });
 }
 
 /// `d[i] = src[(start + i S) / U]`, with the common strides and factors known at compile time.
 fn gather<const S: usize, const U: usize>(d: &mut [f32], src: &[f32], start: usize) {
-    d.iter_mut().enumerate().for_each(|(i, v)| *v = src[(start + i * S) / U]);
+    d.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = src[(start + i * S) / U]);
 }
 
 /// `dst[(start + i S) / U] += d[i]`, the reverse of [`gather`].
 fn scatter<const S: usize, const U: usize>(d: &[f32], dst: &mut [f32], start: usize) {
-    d.iter().enumerate().for_each(|(i, v)| dst[(start + i * S) / U] += v);
+    d.iter()
+        .enumerate()
+        .for_each(|(i, v)| dst[(start + i * S) / U] += v);
 }
 
 /// Folds columns `off..off + ho wo` of `cols` back onto one image, adding into `x`.
 fn col2im(g: &Geometry, cols: &[f32], ld: usize, off: usize, x: &mut [f32]) {
     let wo = g.wo();
     for_each_tap(g, |row, oy, span| {
-        let Some((lo, hi, src_row, start)) = span else { return };
+        let Some((lo, hi, src_row, start)) = span else {
+            return;
+        };
         let d = &cols[row * ld + off + oy * wo..][lo..hi];
         let dst = &mut x[src_row * g.w..][..g.w];
         match (g.stride, g.up) {
-            (1, 1) => dst[start..start + d.len()].iter_mut().zip(d).for_each(|(a, b)| *a += b),
+            (1, 1) => dst[start..start + d.len()]
+                .iter_mut()
+                .zip(d)
+                .for_each(|(a, b)| *a += b),
             (2, 1) => scatter::<2, 1>(d, dst, start),
             (1, 2) => scatter::<1, 2>(d, dst, start),
-            _ => d.iter().enumerate().for_each(|(i, v)| dst[(start + i * g.stride) / g.up] += v),
+            _ => d
+                .iter()
+                .enumerate()
+                .for_each(|(i, v)| dst[(start + i * g.stride) / g.up] += v),
         }
     });
 }
@@ -288,30 +330,44 @@ fn finish(out: &mut [f32], c: usize, p: usize, bias: Option<&[f32]>, slope: Opti
 }
 
 /// A convolution `(n, c_in, h, w) -> (n, c_out, ho, wo)`, plus `bias`, then a leaky ReLU.
-pub fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, slope: Option<f32>) -> Vec<f32> {
+pub fn forward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    slope: Option<f32>,
+) -> Vec<f32> {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
     let mut out = vec![0f32; g.n * g.image_out()];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(group * g.image_out()).enumerate().for_each(|(gi, out)| {
-        let (imgs, first) = (out.len() / g.image_out(), gi * group);
-        let ld = imgs * p;
-        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
-        with_buffers(rows * ld, tmp_len, |cols, tmp| {
-            for i in 0..imgs {
-                im2col(g, &x[(first + i) * g.image_in()..][..g.image_in()], cols, ld, i * p);
-            }
-            let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
-            if imgs == 1 {
-                matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
-            } else {
-                matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
-                images_first(tmp, out, imgs, g.c_out, p);
-            }
+    out.par_chunks_mut(group * g.image_out())
+        .enumerate()
+        .for_each(|(gi, out)| {
+            let (imgs, first) = (out.len() / g.image_out(), gi * group);
+            let ld = imgs * p;
+            let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+            with_buffers(rows * ld, tmp_len, |cols, tmp| {
+                for i in 0..imgs {
+                    im2col(
+                        g,
+                        &x[(first + i) * g.image_in()..][..g.image_in()],
+                        cols,
+                        ld,
+                        i * p,
+                    );
+                }
+                let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+                if imgs == 1 {
+                    matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
+                } else {
+                    matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
+                    images_first(tmp, out, imgs, g.c_out, p);
+                }
+            });
+            finish(out, g.c_out, p, bias, slope);
         });
-        finish(out, g.c_out, p, bias, slope);
-    });
     out
 }
 
@@ -323,25 +379,42 @@ pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32], bias: Option<&[f32]>) 
     if dx.is_empty() {
         return dx;
     }
-    dx.par_chunks_mut(group * g.image_in()).enumerate().for_each(|(gi, dx)| {
-        let (imgs, first) = (dx.len() / g.image_in(), gi * group);
-        let ld = imgs * p;
-        let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
-        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
-        with_buffers(rows * ld, tmp_len, |cols, tmp| {
-            let rhs = if imgs == 1 {
-                View::new(dy, p, 1)
-            } else {
-                channels_first(dy, tmp, imgs, g.c_out, p);
-                View::new(tmp, ld, 1)
-            };
-            matmul(rows, ld, g.c_out, cols, ld, false, View::new(w, 1, rows), rhs);
-            for i in 0..imgs {
-                col2im(g, cols, ld, i * p, &mut dx[i * g.image_in()..][..g.image_in()]);
-            }
+    dx.par_chunks_mut(group * g.image_in())
+        .enumerate()
+        .for_each(|(gi, dx)| {
+            let (imgs, first) = (dx.len() / g.image_in(), gi * group);
+            let ld = imgs * p;
+            let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
+            let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+            with_buffers(rows * ld, tmp_len, |cols, tmp| {
+                let rhs = if imgs == 1 {
+                    View::new(dy, p, 1)
+                } else {
+                    channels_first(dy, tmp, imgs, g.c_out, p);
+                    View::new(tmp, ld, 1)
+                };
+                matmul(
+                    rows,
+                    ld,
+                    g.c_out,
+                    cols,
+                    ld,
+                    false,
+                    View::new(w, 1, rows),
+                    rhs,
+                );
+                for i in 0..imgs {
+                    col2im(
+                        g,
+                        cols,
+                        ld,
+                        i * p,
+                        &mut dx[i * g.image_in()..][..g.image_in()],
+                    );
+                }
+            });
+            finish(dx, g.c_in, g.h * g.w, bias, None);
         });
-        finish(dx, g.c_in, g.h * g.w, bias, None);
-    });
     dx
 }
 
@@ -365,7 +438,13 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f3
                 let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
                 with_buffers(rows * ld, tmp_len, |cols, tmp| {
                     for i in 0..imgs {
-                        im2col(g, &x[(first + i) * g.image_in()..][..g.image_in()], cols, ld, i * p);
+                        im2col(
+                            g,
+                            &x[(first + i) * g.image_in()..][..g.image_in()],
+                            cols,
+                            ld,
+                            i * p,
+                        );
                     }
                     let lhs = if imgs == 1 {
                         View::new(dy, p, 1)
@@ -373,7 +452,16 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f3
                         channels_first(dy, tmp, imgs, g.c_out, p);
                         View::new(tmp, ld, 1)
                     };
-                    matmul(g.c_out, rows, ld, dw, rows, true, lhs, View::new(cols, 1, ld));
+                    matmul(
+                        g.c_out,
+                        rows,
+                        ld,
+                        dw,
+                        rows,
+                        true,
+                        lhs,
+                        View::new(cols, 1, ld),
+                    );
                 });
                 for (j, plane) in dy.chunks(p).enumerate() {
                     db[j % g.c_out] += plane.iter().sum::<f32>();
@@ -395,13 +483,21 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f3
 fn channel_sums(xs: &[f32], c: usize, p: usize) -> Vec<f32> {
     (0..c)
         .into_par_iter()
-        .map(|ch| xs.chunks(p).skip(ch).step_by(c).map(|plane| plane.iter().sum::<f32>()).sum())
+        .map(|ch| {
+            xs.chunks(p)
+                .skip(ch)
+                .step_by(c)
+                .map(|plane| plane.iter().sum::<f32>())
+                .sum()
+        })
         .collect()
 }
 
 /// The contiguous f32 data of a CPU tensor.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else { candle_core::bail!("convolution kernels take f32 only") };
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("convolution kernels take f32 only")
+    };
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("convolution kernels take contiguous tensors only"),
@@ -425,9 +521,15 @@ pub struct ConvParams {
 
 impl ConvParams {
     /// The geometry of convolving `x (n, c_in, h, w)` with `w (c_out, c_in, k, k)`.
-    fn geometry(&self, x: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geometry> {
+    fn geometry(
+        &self,
+        x: (usize, usize, usize, usize),
+        w: (usize, usize, usize, usize),
+    ) -> Result<Geometry> {
         if x.1 != w.1 || w.2 != w.3 {
-            candle_core::bail!("convolution of {x:?} with weight {w:?}: channels or kernel mismatch");
+            candle_core::bail!(
+                "convolution of {x:?} with weight {w:?}: channels or kernel mismatch"
+            );
         }
         let g = Geometry {
             n: x.0,
@@ -446,9 +548,19 @@ impl ConvParams {
 
     /// The convolution whose input gradient is a transposed convolution of `x (n, c_in, h, w)`
     /// with `w (c_in, c_out, k, k)`: it runs from the `(n, c_out, ho, wo)` output back to `x`.
-    fn transposed(&self, x: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geometry> {
+    fn transposed(
+        &self,
+        x: (usize, usize, usize, usize),
+        w: (usize, usize, usize, usize),
+    ) -> Result<Geometry> {
         let side = |s: usize| (s - 1) * self.stride + w.2;
-        if x.1 != w.0 || w.2 != w.3 || self.up != 1 || x.2 == 0 || x.3 == 0 || side(x.2) < 2 * self.pad + 1 {
+        if x.1 != w.0
+            || w.2 != w.3
+            || self.up != 1
+            || x.2 == 0
+            || x.3 == 0
+            || side(x.2) < 2 * self.pad + 1
+        {
             candle_core::bail!("transposed convolution of {x:?} with weight {w:?} does not fit");
         }
         let (h, wd) = (side(x.2) - 2 * self.pad, side(x.3) - 2 * self.pad);
@@ -488,7 +600,10 @@ impl CustomOp3 for Conv2d {
             candle_core::bail!("bias of {} for {} output channels", b.len(), g.c_out);
         }
         let out = forward(&g, x, w, Some(b), self.slope);
-        Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_out, g.ho(), g.wo()))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.n, g.c_out, g.ho(), g.wo())),
+        ))
     }
 
     fn bwd(
@@ -500,18 +615,31 @@ impl CustomOp3 for Conv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = match self.slope {
-            Some(slope) => grad.contiguous()?.apply_op2_no_bwd(res, &LeakyGrad(slope))?,
+            Some(slope) => grad
+                .contiguous()?
+                .apply_op2_no_bwd(res, &LeakyGrad(slope))?,
             None => grad.contiguous()?,
         };
         let (_, _, h, wd) = x.dims4()?;
         // Images straight from the data need no gradient; skipping it saves a whole product.
         let dx = match x.track_op() {
-            true => Some(grad.apply_op2_no_bwd(w, &Pass::Data { params: self.params, h, w: wd })?),
+            true => Some(grad.apply_op2_no_bwd(
+                w,
+                &Pass::Data {
+                    params: self.params,
+                    h,
+                    w: wd,
+                },
+            )?),
             false => None,
         };
         let dw = match w.track_op() || b.track_op() {
             true => {
-                let pass = Pass::Weight { params: self.params, k: w.dim(2)?, transposed: false };
+                let pass = Pass::Weight {
+                    params: self.params,
+                    k: w.dim(2)?,
+                    transposed: false,
+                };
                 Some(x.apply_op2_no_bwd(&grad, &pass)?)
             }
             false => None,
@@ -560,13 +688,22 @@ impl CustomOp3 for ConvTranspose2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = match x.track_op() {
-            true => Some(grad.apply_op2_no_bwd(w, &Pass::Forward { params: self.params })?),
+            true => Some(grad.apply_op2_no_bwd(
+                w,
+                &Pass::Forward {
+                    params: self.params,
+                },
+            )?),
             false => None,
         };
         // The weight gradient is the equivalent convolution's, with input and output swapped.
         let dw = match w.track_op() || b.track_op() {
             true => {
-                let pass = Pass::Weight { params: self.params, k: w.dim(2)?, transposed: true };
+                let pass = Pass::Weight {
+                    params: self.params,
+                    k: w.dim(2)?,
+                    transposed: true,
+                };
                 Some(grad.apply_op2_no_bwd(x, &pass)?)
             }
             false => None,
@@ -581,7 +718,9 @@ fn split_weight_grad(
     both: Option<Tensor>,
     w: (usize, usize, usize, usize),
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let Some(both) = both else { return Ok((None, None)) };
+    let Some(both) = both else {
+        return Ok((None, None));
+    };
     let weights = w.0 * w.1 * w.2 * w.3;
     let dw = both.narrow(0, 0, weights)?.reshape(w)?;
     let db = both.narrow(0, weights, both.dim(0)? - weights)?;
@@ -591,12 +730,20 @@ fn split_weight_grad(
 /// The passes used by the backward functions, none of them differentiable again.
 enum Pass {
     /// `(dy, w) -> x`-shaped input gradient of a convolution from an `(h, w)` input.
-    Data { params: ConvParams, h: usize, w: usize },
+    Data {
+        params: ConvParams,
+        h: usize,
+        w: usize,
+    },
     /// `(x, w) -> y`, a convolution without bias.
     Forward { params: ConvParams },
     /// `(x, dy) -> [dw, db]` flattened, for a `k x k` kernel; with `transposed`, `db` is for a
     /// transposed convolution from `dy` to `x`, so it sums `x` rather than `dy`.
-    Weight { params: ConvParams, k: usize, transposed: bool },
+    Weight {
+        params: ConvParams,
+        k: usize,
+        transposed: bool,
+    },
 }
 
 impl CustomOp2 for Pass {
@@ -608,7 +755,13 @@ impl CustomOp2 for Pass {
         }
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         match *self {
             Self::Data { params, h, w } => {
@@ -618,13 +771,23 @@ impl CustomOp2 for Pass {
                 if (g.ho(), g.wo()) != (dims4(l1)?.2, dims4(l1)?.3) {
                     candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
                 }
-                Ok((CpuStorage::F32(backward_data(&g, a, b, None)), Shape::from((n, c_in, h, w))))
+                Ok((
+                    CpuStorage::F32(backward_data(&g, a, b, None)),
+                    Shape::from((n, c_in, h, w)),
+                ))
             }
             Self::Forward { params } => {
                 let g = params.geometry(dims4(l1)?, dims4(l2)?)?;
-                Ok((CpuStorage::F32(forward(&g, a, b, None, None)), Shape::from((g.n, g.c_out, g.ho(), g.wo()))))
+                Ok((
+                    CpuStorage::F32(forward(&g, a, b, None, None)),
+                    Shape::from((g.n, g.c_out, g.ho(), g.wo())),
+                ))
             }
-            Self::Weight { params, k, transposed } => {
+            Self::Weight {
+                params,
+                k,
+                transposed,
+            } => {
                 let x = dims4(l1)?;
                 let dy = dims4(l2)?;
                 let g = params.geometry(x, (dy.1, x.1, k, k))?;
@@ -632,7 +795,11 @@ impl CustomOp2 for Pass {
                     candle_core::bail!("output gradient {dy:?} does not match {g:?}");
                 }
                 let (mut dw, db) = backward_weight(&g, a, b);
-                let db = if transposed { channel_sums(a, g.c_in, g.h * g.w) } else { db };
+                let db = if transposed {
+                    channel_sums(a, g.c_in, g.h * g.w)
+                } else {
+                    db
+                };
                 dw.extend_from_slice(&db);
                 let len = dw.len();
                 Ok((CpuStorage::F32(dw), Shape::from(len)))
@@ -651,20 +818,32 @@ impl CustomOp2 for LeakyGrad {
         "facestudio-leaky-relu-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (grad, res) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         if grad.len() != res.len() {
-            candle_core::bail!("leaky ReLU gradient of {} values for {}", grad.len(), res.len());
+            candle_core::bail!(
+                "leaky ReLU gradient of {} values for {}",
+                grad.len(),
+                res.len()
+            );
         }
         let slope = self.0;
         let mut out = vec![0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(i, out)| {
-            let at = i * ELEMENTWISE_CHUNK;
-            let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
-            for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
-                *o = if *r > 0.0 { *g } else { *g * slope };
-            }
-        });
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let at = i * ELEMENTWISE_CHUNK;
+                let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
+                for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
+                    *o = if *r > 0.0 { *g } else { *g * slope };
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -681,15 +860,22 @@ impl CustomOp1 for LeakyRelu {
         let xs = f32_slice(s, l)?;
         let slope = self.0;
         let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK).enumerate().for_each(|(i, out)| {
-            let xs = &xs[i * ELEMENTWISE_CHUNK..][..out.len()];
-            out.iter_mut().zip(xs).for_each(|(o, x)| *o = if *x > 0.0 { *x } else { *x * slope });
-        });
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let xs = &xs[i * ELEMENTWISE_CHUNK..][..out.len()];
+                out.iter_mut()
+                    .zip(xs)
+                    .for_each(|(o, x)| *o = if *x > 0.0 { *x } else { *x * slope });
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op2_no_bwd(res, &LeakyGrad(self.0))?))
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op2_no_bwd(res, &LeakyGrad(self.0))?,
+        ))
     }
 }
 
@@ -701,13 +887,24 @@ mod tests {
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| (Rng::keyed(seed, "ops", i as u64).uniform() * 2.0 - 1.0) as f32).collect();
+        let values: Vec<f32> = (0..n)
+            .map(|i| (Rng::keyed(seed, "ops", i as u64).uniform() * 2.0 - 1.0) as f32)
+            .collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Output and gradients (input, weight, bias) of `f` under a fixed random linear loss.
@@ -717,21 +914,54 @@ mod tests {
         b: &Tensor,
         f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
     ) -> (Tensor, Tensor, Tensor, Tensor) {
-        let (xv, wv, bv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+        let (xv, wv, bv) = (
+            Var::from_tensor(x).unwrap(),
+            Var::from_tensor(w).unwrap(),
+            Var::from_tensor(b).unwrap(),
+        );
         let out = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor());
         let probe = random(out.dims(), 99);
-        let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (&out * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let g = |v: &Var| grads.get(v.as_tensor()).expect("a gradient").clone();
         (out, g(&xv), g(&wv), g(&bv))
     }
 
-    fn assert_close(ours: (Tensor, Tensor, Tensor, Tensor), theirs: (Tensor, Tensor, Tensor, Tensor)) {
-        let names = ["output", "input gradient", "weight gradient", "bias gradient"];
-        let pairs = [(ours.0, theirs.0), (ours.1, theirs.1), (ours.2, theirs.2), (ours.3, theirs.3)];
+    fn assert_close(
+        ours: (Tensor, Tensor, Tensor, Tensor),
+        theirs: (Tensor, Tensor, Tensor, Tensor),
+    ) {
+        let names = [
+            "output",
+            "input gradient",
+            "weight gradient",
+            "bias gradient",
+        ];
+        let pairs = [
+            (ours.0, theirs.0),
+            (ours.1, theirs.1),
+            (ours.2, theirs.2),
+            (ours.3, theirs.3),
+        ];
         for (name, (a, b)) in names.iter().zip(pairs) {
-            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let scale = b
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             let diff = max_diff(&a, &b);
-            assert!(diff <= 1e-4 * scale.max(1.0), "{name}: differs by {diff} (scale {scale})");
+            assert!(
+                diff <= 1e-4 * scale.max(1.0),
+                "{name}: differs by {diff} (scale {scale})"
+            );
         }
     }
 
@@ -742,17 +972,39 @@ mod tests {
         }
     }
 
-    fn check_conv(x: &[usize], w: &[usize], stride: usize, pad: usize, up: usize, slope: Option<f64>) {
+    fn check_conv(
+        x: &[usize],
+        w: &[usize],
+        stride: usize,
+        pad: usize,
+        up: usize,
+        slope: Option<f64>,
+    ) {
         let (xs, ws, bs) = (random(x, 1), random(w, 2), random(&w[..1], 3));
         let params = ConvParams { stride, pad, up };
         let ours = run(&xs, &ws, &bs, |x, w, b| {
-            x.apply_op3(w, b, Conv2d { params, slope: slope.map(|s| s as f32) }).unwrap()
+            x.apply_op3(
+                w,
+                b,
+                Conv2d {
+                    params,
+                    slope: slope.map(|s| s as f32),
+                },
+            )
+            .unwrap()
         });
         let theirs = run(&xs, &ws, &bs, |x, w, b| {
             let (_, _, h, wd) = x.dims4().unwrap();
-            let x = if up > 1 { x.upsample_nearest2d(h * up, wd * up).unwrap() } else { x.clone() };
+            let x = if up > 1 {
+                x.upsample_nearest2d(h * up, wd * up).unwrap()
+            } else {
+                x.clone()
+            };
             let y = x.conv2d(w, pad, stride, 1, 1).unwrap();
-            candle_leaky(&y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(), slope)
+            candle_leaky(
+                &y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(),
+                slope,
+            )
         });
         assert_close(ours, theirs);
     }
@@ -780,7 +1032,9 @@ mod tests {
     fn check_transpose(x: &[usize], w: &[usize], stride: usize, pad: usize) {
         let (xs, ws, bs) = (random(x, 4), random(w, 5), random(&w[1..2], 6));
         let params = ConvParams { stride, pad, up: 1 };
-        let ours = run(&xs, &ws, &bs, |x, w, b| x.apply_op3(w, b, ConvTranspose2d { params }).unwrap());
+        let ours = run(&xs, &ws, &bs, |x, w, b| {
+            x.apply_op3(w, b, ConvTranspose2d { params }).unwrap()
+        });
         let theirs = run(&xs, &ws, &bs, |x, w, b| {
             let y = x.conv_transpose2d(w, pad, 0, stride, 1).unwrap();
             y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap()
@@ -802,7 +1056,12 @@ mod tests {
         let probe = random(&[3, 70_000], 8);
         let both = |f: &dyn Fn(&Tensor) -> Tensor| {
             let out = f(xs.as_tensor());
-            let grads = (&out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let grads = (&out * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             (out, grads.get(xs.as_tensor()).unwrap().clone())
         };
         let ours = both(&|x| x.apply_op1(LeakyRelu(0.2)).unwrap());
@@ -813,9 +1072,26 @@ mod tests {
 
     #[test]
     fn images_without_gradient_get_none() {
-        let (xs, w, b) = (random(&[2, 3, 8, 8], 1), Var::from_tensor(&random(&[4, 3, 4, 4], 2)).unwrap(), random(&[4], 3));
-        let params = ConvParams { stride: 2, pad: 1, up: 1 };
-        let out = xs.apply_op3(w.as_tensor(), &b, Conv2d { params, slope: Some(0.2) }).unwrap();
+        let (xs, w, b) = (
+            random(&[2, 3, 8, 8], 1),
+            Var::from_tensor(&random(&[4, 3, 4, 4], 2)).unwrap(),
+            random(&[4], 3),
+        );
+        let params = ConvParams {
+            stride: 2,
+            pad: 1,
+            up: 1,
+        };
+        let out = xs
+            .apply_op3(
+                w.as_tensor(),
+                &b,
+                Conv2d {
+                    params,
+                    slope: Some(0.2),
+                },
+            )
+            .unwrap();
         let grads = out.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(&xs).is_none());
         assert_eq!(grads.get(w.as_tensor()).unwrap().dims(), &[4, 3, 4, 4]);
@@ -823,11 +1099,22 @@ mod tests {
 
     #[test]
     fn mismatched_shapes_are_errors() {
-        let params = ConvParams { stride: 2, pad: 1, up: 1 };
-        let op = || Conv2d { params, slope: None };
+        let params = ConvParams {
+            stride: 2,
+            pad: 1,
+            up: 1,
+        };
+        let op = || Conv2d {
+            params,
+            slope: None,
+        };
         let (xs, b) = (random(&[1, 3, 8, 8], 1), random(&[4], 3));
         assert!(xs.apply_op3(&random(&[4, 2, 4, 4], 2), &b, op()).is_err());
-        assert!(xs.apply_op3(&random(&[4, 3, 4, 4], 2), &random(&[5], 3), op()).is_err());
-        assert!(random(&[1, 3, 1, 1], 1).apply_op3(&random(&[4, 3, 4, 4], 2), &b, op()).is_err());
+        assert!(xs
+            .apply_op3(&random(&[4, 3, 4, 4], 2), &random(&[5], 3), op())
+            .is_err());
+        assert!(random(&[1, 3, 1, 1], 1)
+            .apply_op3(&random(&[4, 3, 4, 4], 2), &b, op())
+            .is_err());
     }
 }

@@ -71,11 +71,20 @@ fn bias_or_zeros(bias: Option<&Tensor>, channels: usize, like: &Tensor) -> Resul
 ///
 /// `xs` is `(n, c_in, h, w)`; the result is `(n, c_out, ho, wo)` for the layer's stride and
 /// padding applied to a `(scale h, scale w)` image, which the native kernel never builds.
-pub fn upsample_conv2d(xs: &Tensor, scale: usize, layer: &Conv2d, slope: Option<f64>) -> Result<Tensor> {
+pub fn upsample_conv2d(
+    xs: &Tensor,
+    scale: usize,
+    layer: &Conv2d,
+    slope: Option<f64>,
+) -> Result<Tensor> {
     let cfg = layer.config();
     if !native(xs) || cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
         let (_, _, h, w) = xs.dims4()?;
-        let up = if scale == 1 { xs.clone() } else { xs.upsample_nearest2d(h * scale, w * scale)? };
+        let up = if scale == 1 {
+            xs.clone()
+        } else {
+            xs.upsample_nearest2d(h * scale, w * scale)?
+        };
         let ys = layer.forward(&up)?;
         return match slope {
             Some(s) => candle_nn::ops::leaky_relu(&ys, s),
@@ -84,8 +93,15 @@ pub fn upsample_conv2d(xs: &Tensor, scale: usize, layer: &Conv2d, slope: Option<
     }
     let weight = layer.weight().contiguous()?;
     let bias = bias_or_zeros(layer.bias(), weight.dim(0)?, xs)?;
-    let params = ConvParams { stride: cfg.stride, pad: cfg.padding, up: scale };
-    let op = conv::Conv2d { params, slope: slope.map(|s| s as f32) };
+    let params = ConvParams {
+        stride: cfg.stride,
+        pad: cfg.padding,
+        up: scale,
+    };
+    let op = conv::Conv2d {
+        params,
+        slope: slope.map(|s| s as f32),
+    };
     xs.contiguous()?.apply_op3(&weight, &bias, op)
 }
 
@@ -102,8 +118,13 @@ pub fn conv_transpose2d(xs: &Tensor, layer: &ConvTranspose2d) -> Result<Tensor> 
     }
     let weight = layer.weight().contiguous()?;
     let bias = bias_or_zeros(layer.bias(), weight.dim(1)?, xs)?;
-    let params = ConvParams { stride: cfg.stride, pad: cfg.padding, up: 1 };
-    xs.contiguous()?.apply_op3(&weight, &bias, conv::ConvTranspose2d { params })
+    let params = ConvParams {
+        stride: cfg.stride,
+        pad: cfg.padding,
+        up: 1,
+    };
+    xs.contiguous()?
+        .apply_op3(&weight, &bias, conv::ConvTranspose2d { params })
 }
 
 /// A leaky ReLU, as [`candle_nn::ops::leaky_relu`] but in one pass each way on the CPU.

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span};
@@ -274,7 +276,9 @@ impl App {
             KeyCode::Esc => self.message = None,
             KeyCode::Char(' ') => return self.command(self.pause_command()),
             KeyCode::Char('s') => return self.command("save"),
-            KeyCode::Char('r') if self.screen == Screen::Training => return self.command("rollback 0.1"),
+            KeyCode::Char('r') if self.screen == Screen::Training => {
+                return self.command("rollback 0.1")
+            }
             _ if self.screen == Screen::Training => {
                 self.training.on_key(key, &self.data);
                 return self.take_edit();
@@ -296,7 +300,10 @@ impl App {
     fn take_edit(&mut self) -> Action {
         match self.training.edit.take() {
             Some(_) if !self.controls => {
-                self.say("this studio shows a finished model; there is no run to tune", Tone::Error);
+                self.say(
+                    "this studio shows a finished model; there is no run to tune",
+                    Tone::Error,
+                );
                 Action::None
             }
             Some(edit) => Action::Edit(edit),
@@ -317,7 +324,10 @@ impl App {
     fn command(&mut self, cmd: &str) -> Action {
         if !self.trainer_live() {
             let state = self.data.state();
-            self.say(format!("no trainer is running ({state}); `{cmd}` not sent"), Tone::Error);
+            self.say(
+                format!("no trainer is running ({state}); `{cmd}` not sent"),
+                Tone::Error,
+            );
             return Action::None;
         }
         Action::Send(cmd.to_string())
@@ -342,11 +352,15 @@ impl App {
             KeyCode::Char('d') => Choice::Detach,
             KeyCode::Char('c') | KeyCode::Esc => Choice::Cancel,
             KeyCode::Up | KeyCode::Char('k') | KeyCode::BackTab => {
-                self.overlay = Some(Overlay::Confirm { selected: (selected + n - 1) % n });
+                self.overlay = Some(Overlay::Confirm {
+                    selected: (selected + n - 1) % n,
+                });
                 return Action::None;
             }
             KeyCode::Down | KeyCode::Char('j') | KeyCode::Tab => {
-                self.overlay = Some(Overlay::Confirm { selected: (selected + 1) % n });
+                self.overlay = Some(Overlay::Confirm {
+                    selected: (selected + 1) % n,
+                });
                 return Action::None;
             }
             KeyCode::Enter => Choice::ALL[selected.min(n - 1)],
@@ -370,7 +384,11 @@ impl App {
         if ev.kind != MouseEventKind::Down(MouseButton::Left) || self.overlay.is_some() {
             return Action::None;
         }
-        if let Some((screen, _)) = self.tabs.iter().find(|(_, r)| contains(*r, ev.column, ev.row)) {
+        if let Some((screen, _)) = self
+            .tabs
+            .iter()
+            .find(|(_, r)| contains(*r, ev.column, ev.row))
+        {
             self.screen = *screen;
             self.dirty = true;
         } else if self.screen == Screen::Training && self.training.click(ev.column, ev.row) {
@@ -387,14 +405,24 @@ impl App {
             self.render_compact(area, buf);
             return;
         }
-        let [tabs, body, status] =
-            Layout::vertical([Constraint::Length(1), Constraint::Fill(1), Constraint::Length(1)]).areas(area);
+        let [tabs, body, status] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Fill(1),
+            Constraint::Length(1),
+        ])
+        .areas(area);
 
         self.render_tabs(tabs, buf);
         self.pictures.begin_frame();
         match self.screen {
-            Screen::Datasets => self.datasets.render(body, buf, &self.data, &self.theme, &mut self.pictures),
-            Screen::Training => self.training.render(body, buf, &self.data, &self.theme, &mut self.sample),
+            Screen::Datasets => {
+                self.datasets
+                    .render(body, buf, &self.data, &self.theme, &mut self.pictures)
+            }
+            Screen::Training => {
+                self.training
+                    .render(body, buf, &self.data, &self.theme, &mut self.sample)
+            }
             Screen::Gallery => {
                 let (t, p, s) = (&self.theme, &mut self.pictures, &mut self.sample);
                 self.gallery.render(body, buf, &self.data, t, p, s);
@@ -417,12 +445,18 @@ impl App {
             let label = format!(" {} {} ", i + 1, screen.title());
             let w = label.chars().count() as u16;
             self.tabs.push((*screen, Rect::new(x, area.y, w, 1)));
-            let style = if *screen == self.screen { t.tab_active } else { t.tab };
+            let style = if *screen == self.screen {
+                t.tab_active
+            } else {
+                t.tab
+            };
             spans.push(Span::styled(label, style));
             spans.push(Span::raw(" "));
             x += w + 1;
         }
-        Paragraph::new(Line::from(spans)).style(t.text).render(area, buf);
+        Paragraph::new(Line::from(spans))
+            .style(t.text)
+            .render(area, buf);
         let brand = Line::from(Span::styled("facestudio ", t.dim)).right_aligned();
         if area.width > x - area.x + 12 {
             brand.render(area, buf);
@@ -432,19 +466,40 @@ impl App {
     /// The status bar's segments: run, device, step, state, graphics.
     pub fn status_text(&self) -> String {
         let d = &self.data;
-        let device = d.status.as_ref().map(|s| s.device.as_str()).filter(|s| !s.is_empty()).unwrap_or("–");
-        let state = if self.stopping.is_some() { "stopping".to_string() } else { d.state() };
-        format!(" {} │ {device} │ step {}/{} │ {state} │ {} ", d.name, d.step(), d.total_steps(), self.graphics)
+        let device = d
+            .status
+            .as_ref()
+            .map(|s| s.device.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or("–");
+        let state = if self.stopping.is_some() {
+            "stopping".to_string()
+        } else {
+            d.state()
+        };
+        format!(
+            " {} │ {device} │ step {}/{} │ {state} │ {} ",
+            d.name,
+            d.step(),
+            d.total_steps(),
+            self.graphics
+        )
     }
 
     fn render_status(&self, area: Rect, buf: &mut Buffer) {
         let t = &self.theme;
         let mut spans = vec![Span::styled(self.status_text(), t.status)];
         if let Some((msg, tone)) = &self.message {
-            let style = if *tone == Tone::Error { t.error } else { t.info };
+            let style = if *tone == Tone::Error {
+                t.error
+            } else {
+                t.info
+            };
             spans.push(Span::styled(format!(" {msg} "), style));
         }
-        Paragraph::new(Line::from(spans)).style(t.status).render(area, buf);
+        Paragraph::new(Line::from(spans))
+            .style(t.status)
+            .render(area, buf);
         let hint = Line::from(Span::styled(" ? help ", t.status_key)).right_aligned();
         if self.message.is_none() && area.width as usize > self.status_text().chars().count() + 10 {
             hint.render(area, buf);
@@ -461,22 +516,34 @@ impl App {
             )),
             Line::from(Span::styled("q quits", t.dim)),
         ];
-        Paragraph::new(lines).wrap(Wrap { trim: true }).render(area, buf);
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .render(area, buf);
     }
 
     fn render_help(&self, body: Rect, buf: &mut Buffer) {
         let t = &self.theme;
         let keys = self.help_keys();
-        let width = keys.iter().map(|k| k.what.chars().count() + 13).max().unwrap_or(20);
+        let width = keys
+            .iter()
+            .map(|k| k.what.chars().count() + 13)
+            .max()
+            .unwrap_or(20);
         let area = centered(body, width as u16 + 2, keys.len() as u16 + 3);
         Clear.render(area, buf);
-        let block = super::screens::panel(format!("keys · {}", self.screen.title()), true, t).style(t.overlay);
+        let block = super::screens::panel(format!("keys · {}", self.screen.title()), true, t)
+            .style(t.overlay);
         let inner = block.inner(area);
         block.render(area, buf);
 
         let mut lines: Vec<Line> = keys
             .iter()
-            .map(|k| Line::from(vec![Span::styled(format!("{:<12} ", k.keys), t.title), Span::styled(k.what, t.text)]))
+            .map(|k| {
+                Line::from(vec![
+                    Span::styled(format!("{:<12} ", k.keys), t.title),
+                    Span::styled(k.what, t.text),
+                ])
+            })
             .collect();
         lines.push(Line::from(Span::styled("Esc or ? closes", t.dim)));
         Paragraph::new(lines).style(t.overlay).render(inner, buf);
@@ -490,14 +557,20 @@ impl App {
         let inner = block.inner(area);
         block.render(area, buf);
 
-        let mut lines = vec![Line::from(Span::styled("Training is running. What should happen to it?", t.text))];
+        let mut lines = vec![Line::from(Span::styled(
+            "Training is running. What should happen to it?",
+            t.text,
+        ))];
         lines.push(Line::default());
         for (i, c) in Choice::ALL.iter().enumerate() {
             let style = if i == selected { t.selection } else { t.text };
             lines.push(Line::from(Span::styled(format!(" {} ", c.label()), style)));
         }
         lines.push(Line::from(Span::styled(
-            format!("Detached: reattach with `facestudio watch {}`", self.data.root.display()),
+            format!(
+                "Detached: reattach with `facestudio watch {}`",
+                self.data.root.display()
+            ),
             t.dim,
         )));
         Paragraph::new(lines).style(t.overlay).render(inner, buf);
@@ -506,11 +579,19 @@ impl App {
 
 /// Keys the studio answers on every screen, which screens leave alone.
 fn is_global(code: KeyCode) -> bool {
-    matches!(code, KeyCode::Char('1' | '2' | '3' | '?' | ' ' | 's' | 'q') | KeyCode::Tab | KeyCode::BackTab)
+    matches!(
+        code,
+        KeyCode::Char('1' | '2' | '3' | '?' | ' ' | 's' | 'q') | KeyCode::Tab | KeyCode::BackTab
+    )
 }
 
 /// A `w`×`h` rectangle centred in `area`, shrunk to fit.
 pub fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let (w, h) = (w.min(area.width), h.min(area.height));
-    Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
 }

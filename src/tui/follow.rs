@@ -78,7 +78,11 @@ impl RunData {
     /// An empty run named after its directory.
     pub fn new(root: &Path) -> Self {
         let run = RunDir::new(root);
-        Self { name: run.name(), root: root.to_path_buf(), ..Default::default() }
+        Self {
+            name: run.name(),
+            root: root.to_path_buf(),
+            ..Default::default()
+        }
     }
 
     /// The last logged step record.
@@ -104,7 +108,10 @@ impl RunData {
     pub fn state(&self) -> String {
         match &self.status {
             None => "waiting".into(),
-            Some(s) if !self.alive && !matches!(s.state.as_str(), "finished" | "stopped" | "failed") => {
+            Some(s)
+                if !self.alive
+                    && !matches!(s.state.as_str(), "finished" | "stopped" | "failed") =>
+            {
                 "no trainer".into()
             }
             Some(s) => s.state.clone(),
@@ -122,7 +129,11 @@ impl RunData {
                         "validation at step {}: -ELBO {:.2} (recon {:.2}, KL {:.2})",
                         r.step, r.total, r.recon, r.kl
                     );
-                    self.push_log(LogLine { time: String::new(), level: LogLevel::Info, text });
+                    self.push_log(LogLine {
+                        time: String::new(),
+                        level: LogLevel::Info,
+                        text,
+                    });
                 }
                 self.vals.push(r);
             }
@@ -235,7 +246,8 @@ impl RunFollower {
         };
         // A resume rewrites the file (a new file renamed over the old one, usually shorter):
         // what was read before may be wrong, so start again.
-        let rewritten = self.metrics_inode.is_some_and(|i| i != meta.ino()) || meta.len() < self.metrics_offset;
+        let rewritten =
+            self.metrics_inode.is_some_and(|i| i != meta.ino()) || meta.len() < self.metrics_offset;
         self.metrics_inode = Some(meta.ino());
         if rewritten {
             self.metrics_offset = 0;
@@ -275,7 +287,9 @@ impl RunFollower {
         let mut changed = false;
         for line in lines {
             // Validation lines come from metrics.jsonl, with more detail; not twice.
-            if let Some(parsed) = parse_log_line(&line).filter(|l| !l.text.starts_with("validation at step ")) {
+            if let Some(parsed) =
+                parse_log_line(&line).filter(|l| !l.text.starts_with("validation at step "))
+            {
                 data.push_log(parsed);
                 changed = true;
             }
@@ -325,14 +339,23 @@ pub fn parse_log_line(line: &str) -> Option<LogLine> {
         "ERROR" => LogLevel::Error,
         _ => return None,
     };
-    let time = stamp.split_once('T').map_or("", |(_, t)| t).get(..8).unwrap_or("").to_string();
+    let time = stamp
+        .split_once('T')
+        .map_or("", |(_, t)| t)
+        .get(..8)
+        .unwrap_or("")
+        .to_string();
     let rest = line.split_once(level_word(level))?.1.trim_start();
     // Drop the `target:` prefix (a module path ending in a colon).
     let text = match rest.split_once(": ") {
         Some((target, msg)) if !target.contains(' ') => msg,
         _ => rest,
     };
-    Some(LogLine { time, level, text: sanitize(text) })
+    Some(LogLine {
+        time,
+        level,
+        text: sanitize(text),
+    })
 }
 
 fn level_word(level: LogLevel) -> &'static str {
@@ -345,7 +368,9 @@ fn level_word(level: LogLevel) -> &'static str {
 
 /// Replaces control characters so that text from files can never drive the terminal.
 pub fn sanitize(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -354,11 +379,14 @@ mod tests {
 
     #[test]
     fn log_lines_parse() {
-        let l = parse_log_line("2026-01-02T03:04:05.678901Z  INFO facestudio::train: checkpoint at step 10: x")
-            .unwrap();
+        let l = parse_log_line(
+            "2026-01-02T03:04:05.678901Z  INFO facestudio::train: checkpoint at step 10: x",
+        )
+        .unwrap();
         assert_eq!((l.time.as_str(), l.level), ("03:04:05", LogLevel::Info));
         assert_eq!(l.text, "checkpoint at step 10: x");
-        let w = parse_log_line("2026-01-02T03:04:05Z  WARN facestudio::run: taking over\x1b[2J").unwrap();
+        let w = parse_log_line("2026-01-02T03:04:05Z  WARN facestudio::run: taking over\x1b[2J")
+            .unwrap();
         assert_eq!(w.level, LogLevel::Warn);
         assert!(!w.text.contains('\x1b'));
         assert!(parse_log_line("2026-01-02T03:04:05Z DEBUG x: y").is_none());
@@ -370,7 +398,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
         let rec = |step| {
-            let r = StepRecord { step, epoch: 0.0, time: 0.0, total: 1.0, recon: 1.0, kl: 0.0, beta: 1.0, lr: 0.1, ips: 1.0 };
+            let r = StepRecord {
+                step,
+                epoch: 0.0,
+                time: 0.0,
+                total: 1.0,
+                recon: 1.0,
+                kl: 0.0,
+                beta: 1.0,
+                lr: 0.1,
+                ips: 1.0,
+            };
             serde_json::to_string(&Record::Train(r)).unwrap() + "\n"
         };
         std::fs::write(run.metrics(), (1..=5).map(rec).collect::<String>()).unwrap();
@@ -380,6 +418,9 @@ mod tests {
         assert_eq!(data.steps.len(), 5);
         std::fs::write(run.metrics(), (1..=3).map(rec).collect::<String>()).unwrap();
         assert!(f.read_all(&mut data));
-        assert_eq!(data.steps.iter().map(|r| r.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            data.steps.iter().map(|r| r.step).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
     }
 }

@@ -147,7 +147,9 @@ impl TermEnv {
     /// Whether the terminal names itself as one with iTerm2 inline images.
     pub fn iterm2_like(&self) -> bool {
         let p = &self.term_program;
-        ["iTerm", "WezTerm", "mintty", "vscode", "Tabby", "rio"].iter().any(|n| p.contains(n))
+        ["iTerm", "WezTerm", "mintty", "vscode", "Tabby", "rio"]
+            .iter()
+            .any(|n| p.contains(n))
             || self.lc_terminal.contains("iTerm")
     }
 }
@@ -175,7 +177,12 @@ impl Decision {
     /// Half-blocks, for `why`.
     pub fn halfblocks(why: &str) -> Self {
         let tmux = false;
-        Self { protocol: ProtocolType::Halfblocks, cell: DEFAULT_CELL, tmux, why: why.into() }
+        Self {
+            protocol: ProtocolType::Halfblocks,
+            cell: DEFAULT_CELL,
+            tmux,
+            why: why.into(),
+        }
     }
 
     /// The name shown in the status bar: the protocol, and `+tmux` when passed through.
@@ -212,24 +219,49 @@ pub fn protocol_name(p: ProtocolType) -> &'static str {
 /// Chooses the protocol from the user's choice, the terminal's reply (`None`: it did not
 /// answer in time, or there was no terminal to ask), the environment and the cell size the
 /// kernel reports for the tty (`ioctl_cell`).
-pub fn decide(choice: Choice, reply: Option<&Reply>, env: &TermEnv, ioctl_cell: Option<(u16, u16)>) -> Decision {
+pub fn decide(
+    choice: Choice,
+    reply: Option<&Reply>,
+    env: &TermEnv,
+    ioctl_cell: Option<(u16, u16)>,
+) -> Decision {
     let tmux = env.in_tmux();
     let cell = reply.and_then(|r| r.cell).or(ioctl_cell);
     let (protocol, why) = match choice {
         Choice::Force(p) => (p, "asked for".to_string()),
         Choice::Auto => match reply {
-            Some(r) if r.kitty => (ProtocolType::Kitty, "the terminal answered kitty's query".into()),
-            Some(r) if r.sixel => (ProtocolType::Sixel, "the device attributes list sixel".into()),
-            _ if env.iterm2_like() => (ProtocolType::Iterm2, "TERM_PROGRAM has iTerm2 images".into()),
-            None => (ProtocolType::Halfblocks, "the terminal did not answer".into()),
-            Some(_) => (ProtocolType::Halfblocks, "no graphics protocol reported".into()),
+            Some(r) if r.kitty => (
+                ProtocolType::Kitty,
+                "the terminal answered kitty's query".into(),
+            ),
+            Some(r) if r.sixel => (
+                ProtocolType::Sixel,
+                "the device attributes list sixel".into(),
+            ),
+            _ if env.iterm2_like() => (
+                ProtocolType::Iterm2,
+                "TERM_PROGRAM has iTerm2 images".into(),
+            ),
+            None => (
+                ProtocolType::Halfblocks,
+                "the terminal did not answer".into(),
+            ),
+            Some(_) => (
+                ProtocolType::Halfblocks,
+                "no graphics protocol reported".into(),
+            ),
         },
     };
     if protocol != ProtocolType::Halfblocks && cell.is_none() && choice == Choice::Auto {
         // Pixel protocols need the cell size to fit images into cells.
         return Decision::halfblocks("the terminal did not say its cell size");
     }
-    Decision { protocol, cell: cell.unwrap_or(DEFAULT_CELL), tmux, why }
+    Decision {
+        protocol,
+        cell: cell.unwrap_or(DEFAULT_CELL),
+        tmux,
+        why,
+    }
 }
 
 /// Somewhere the terminal's reply can be read from, with a wait.
@@ -239,7 +271,11 @@ pub trait ReplySource {
 }
 
 /// Reads replies until `statuses` device status reports have come or `timeout` has passed.
-pub fn collect_reply(source: &mut dyn ReplySource, timeout: Duration, statuses: usize) -> Option<Reply> {
+pub fn collect_reply(
+    source: &mut dyn ReplySource,
+    timeout: Duration,
+    statuses: usize,
+) -> Option<Reply> {
     let deadline = Instant::now() + timeout;
     let mut bytes = Vec::new();
     loop {
@@ -264,7 +300,11 @@ struct Stdin;
 
 impl ReplySource for Stdin {
     fn read_within(&mut self, wait: Duration) -> std::io::Result<Vec<u8>> {
-        let mut fds = libc::pollfd { fd: libc::STDIN_FILENO, events: libc::POLLIN, revents: 0 };
+        let mut fds = libc::pollfd {
+            fd: libc::STDIN_FILENO,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = wait.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd for the duration of the call.
         let ready = unsafe { libc::poll(&mut fds, 1, ms) };
@@ -334,8 +374,15 @@ fn query(tmux: bool) -> Option<Reply> {
         1
     };
     let mut out = std::io::stdout();
-    let sent = out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok();
-    let reply = if sent { collect_reply(&mut Stdin, QUERY_TIMEOUT, statuses) } else { None };
+    let sent = out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok();
+    let reply = if sent {
+        collect_reply(&mut Stdin, QUERY_TIMEOUT, statuses)
+    } else {
+        None
+    };
     if !was_raw {
         let _ = crossterm::terminal::disable_raw_mode();
     }
@@ -354,7 +401,10 @@ pub struct Picture {
 impl Picture {
     /// Wraps an image under a fresh identity.
     pub fn new(image: RgbImage) -> Self {
-        Self { id: NEXT_PICTURE.fetch_add(1, Ordering::Relaxed), image: Arc::new(image) }
+        Self {
+            id: NEXT_PICTURE.fetch_add(1, Ordering::Relaxed),
+            image: Arc::new(image),
+        }
     }
 
     /// The pixels.
@@ -497,7 +547,8 @@ impl Pictures {
             return;
         }
         if self.jobs.is_none() || mode == ImageMode::Shade {
-            self.frame_keys.insert((picture.id, area.width, area.height));
+            self.frame_keys
+                .insert((picture.id, area.width, area.height));
             self.draw_halfblocks(picture, area, buf, mode);
             return;
         }
@@ -510,13 +561,22 @@ impl Pictures {
                 *used = frame;
                 let size = p.size();
                 let (w, h) = (size.width.min(area.width), size.height.min(area.height));
-                let at = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
+                let at = Rect::new(
+                    area.x + (area.width - w) / 2,
+                    area.y + (area.height - h) / 2,
+                    w,
+                    h,
+                );
                 ratatui_image::Image::new(p).render(at, buf);
                 return;
             }
             Some((_, used)) => *used = frame,
             None => {
-                let job = Job { key, frame, image: Arc::clone(&picture.image) };
+                let job = Job {
+                    key,
+                    frame,
+                    image: Arc::clone(&picture.image),
+                };
                 if self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok()) {
                     self.cache.insert(key, (Slot::Pending, frame));
                 }
@@ -534,14 +594,28 @@ impl Pictures {
         let (cw, ch) = (self.decision.cell.0.max(1), self.decision.cell.1.max(1));
         let w = area.width.min(SIXEL_MAX_PIXELS / cw);
         let h = area.height.min(SIXEL_MAX_PIXELS / ch);
-        Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+        Rect::new(
+            area.x + (area.width - w) / 2,
+            area.y + (area.height - h) / 2,
+            w,
+            h,
+        )
     }
 
-    fn draw_halfblocks(&mut self, picture: &Picture, area: Rect, buf: &mut Buffer, mode: ImageMode) {
+    fn draw_halfblocks(
+        &mut self,
+        picture: &Picture,
+        area: Rect,
+        buf: &mut Buffer,
+        mode: ImageMode,
+    ) {
         let key = (picture.id, area.width, area.height);
         let frame = self.frame;
         let img = picture.image();
-        let (w, h) = halfblock::fit(img.dimensions(), (u32::from(area.width), u32::from(area.height) * 2));
+        let (w, h) = halfblock::fit(
+            img.dimensions(),
+            (u32::from(area.width), u32::from(area.height) * 2),
+        );
         if w == 0 || h == 0 {
             return;
         }
@@ -569,7 +643,9 @@ fn evict<V>(cache: &mut HashMap<Key, (V, u64)>, capacity: usize) {
 
 fn encode_loop(picker: &Picker, jobs: &Receiver<Job>, done: &Sender<Done>, shown: &Mutex<Shown>) {
     while let Ok(job) = jobs.recv() {
-        let gone = shown.lock().is_ok_and(|s| s.frame >= job.frame && !s.keys.contains(&job.key));
+        let gone = shown
+            .lock()
+            .is_ok_and(|s| s.frame >= job.frame && !s.keys.contains(&job.key));
         let reply = if gone {
             Done::Dropped(job.key)
         } else {
@@ -589,7 +665,9 @@ fn encode_loop(picker: &Picker, jobs: &Receiver<Job>, done: &Sender<Done>, shown
 pub fn encode(picker: &Picker, image: &RgbImage, cells: Size) -> Result<Protocol, String> {
     let dynamic = DynamicImage::ImageRgb8(image.clone());
     let resize = Resize::Scale(Some(image::imageops::FilterType::Triangle));
-    picker.new_protocol(dynamic, cells, resize).map_err(|e| e.to_string())
+    picker
+        .new_protocol(dynamic, cells, resize)
+        .map_err(|e| e.to_string())
 }
 
 /// The escape sequences a protocol writes for `image` in an area of `cells`: the symbols of
@@ -608,11 +686,20 @@ mod tests {
 
     #[test]
     fn choices_parse() {
-        assert_eq!(Choice::parse("Kitty"), Ok(Choice::Force(ProtocolType::Kitty)));
+        assert_eq!(
+            Choice::parse("Kitty"),
+            Ok(Choice::Force(ProtocolType::Kitty))
+        );
         assert_eq!(Choice::parse("auto"), Ok(Choice::Auto));
         assert!(Choice::parse("braille").is_err());
-        assert_eq!(Choice::pick(Some("sixel"), "kitty"), Ok(Choice::Force(ProtocolType::Sixel)));
-        assert_eq!(Choice::pick(None, "halfblocks"), Ok(Choice::Force(ProtocolType::Halfblocks)));
+        assert_eq!(
+            Choice::pick(Some("sixel"), "kitty"),
+            Ok(Choice::Force(ProtocolType::Sixel))
+        );
+        assert_eq!(
+            Choice::pick(None, "halfblocks"),
+            Ok(Choice::Force(ProtocolType::Halfblocks))
+        );
     }
 
     #[test]

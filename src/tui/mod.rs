@@ -104,10 +104,19 @@ struct Watched {
 impl Watched {
     /// Watches `config` (when there is a file) and the `themes/` folder (when there is one).
     fn new(config: Option<(PathBuf, Config)>) -> Self {
-        let config_rx = config.as_ref().and_then(|(p, _)| crate::reload::FileWatcher::new(&[p.clone()]).ok());
+        let config_rx = config
+            .as_ref()
+            .and_then(|(p, _)| crate::reload::FileWatcher::new(&[p.clone()]).ok());
         let themes = Path::new("themes");
-        let themes_rx = themes.is_dir().then(|| crate::reload::FileWatcher::folder(themes, "toml").ok()).flatten();
-        Self { config, config_rx, themes_rx }
+        let themes_rx = themes
+            .is_dir()
+            .then(|| crate::reload::FileWatcher::folder(themes, "toml").ok())
+            .flatten();
+        Self {
+            config,
+            config_rx,
+            themes_rx,
+        }
     }
 }
 
@@ -132,10 +141,19 @@ pub fn run(opts: StudioOptions) -> Result<()> {
 /// Picks the image protocol (`--graphics`, else `ui.graphics`, else asking the terminal),
 /// before the terminal is taken over so the query's answer is not read as keys.
 fn choose_graphics(app: &mut App, flag: Option<&str>) -> Result<()> {
-    let config = app.data.config.as_ref().map_or("auto".to_string(), |c| c.ui.graphics.clone());
+    let config = app
+        .data
+        .config
+        .as_ref()
+        .map_or("auto".to_string(), |c| c.ui.graphics.clone());
     let choice = graphics::Choice::pick(flag, &config).map_err(anyhow::Error::msg)?;
     let decision = graphics::detect(choice);
-    tracing::info!("graphics: {} ({}; cell {:?})", decision.label(), decision.why, decision.cell);
+    tracing::info!(
+        "graphics: {} ({}; cell {:?})",
+        decision.label(),
+        decision.why,
+        decision.cell
+    );
     app.graphics = decision.label();
     app.pictures = graphics::Pictures::new(decision);
     Ok(())
@@ -151,14 +169,27 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             let log = run.root.join("studio.log");
             crate::cli::log_to_file(&log)?;
             let child = spawn_trainer(args, &run)?;
-            tracing::info!(pid = child.id(), "started a headless trainer for {}", run.root.display());
+            tracing::info!(
+                pid = child.id(),
+                "started a headless trainer for {}",
+                run.root.display()
+            );
             let mut data = RunData::new(&run.root);
             data.config = Some(config.clone());
             let mut app = App::new(data, theme, config.ui.smoothing);
             app.gallery.follow_run(&run.root);
             let follower = Some(RunFollower::new(&run.root));
             let watch = Watched::new(config_path.map(|p| (p, config.clone())));
-            Ok((Session { app, follower, child: Some(child), fps: config.ui.fps, watch }, log))
+            Ok((
+                Session {
+                    app,
+                    follower,
+                    child: Some(child),
+                    fps: config.ui.fps,
+                    watch,
+                },
+                log,
+            ))
         }
         Mode::Watch { run } => {
             let config = Config::load(&RunDir::new(run).config()).ok();
@@ -172,7 +203,16 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
             let mut app = App::new(data, theme, ui.smoothing);
             app.gallery.follow_run(run);
             let follower = Some(RunFollower::new(run));
-            Ok((Session { app, follower, child: None, fps: ui.fps, watch: Watched::new(None) }, log))
+            Ok((
+                Session {
+                    app,
+                    follower,
+                    child: None,
+                    fps: ui.fps,
+                    watch: Watched::new(None),
+                },
+                log,
+            ))
         }
         Mode::Gallery { model } => prepare_gallery(model, opts.theme.as_deref()),
     }
@@ -180,7 +220,8 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
 
 /// A studio over a finished model: its sample grid decoded here, its run followed if it has one.
 fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)> {
-    let loaded = crate::checkpoint::load_model(spec, &candle_core::Device::Cpu).map_err(anyhow::Error::new)?;
+    let loaded = crate::checkpoint::load_model(spec, &candle_core::Device::Cpu)
+        .map_err(anyhow::Error::new)?;
     let config = loaded.meta.config.clone();
     let theme = Theme::choose(theme, &config.ui.theme)?;
     let m = &loaded.model;
@@ -191,12 +232,19 @@ fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)
     let cols = crate::imageio::grid_columns(crate::train::SAMPLE_COUNT);
     let grid = crate::imageio::grid(&pixels, s.channels, s.height, s.width, cols);
 
-    let run_root = loaded.path.parent().and_then(Path::parent).filter(|p| crate::control::is_run_dir(p));
+    let run_root = loaded
+        .path
+        .parent()
+        .and_then(Path::parent)
+        .filter(|p| crate::control::is_run_dir(p));
     let log = std::env::temp_dir().join("facestudio-studio.log");
     crate::cli::log_to_file(&log)?;
     let mut data = match run_root {
         Some(root) => RunData::new(root),
-        None => RunData { name: spec.to_string(), ..Default::default() },
+        None => RunData {
+            name: spec.to_string(),
+            ..Default::default()
+        },
     };
     data.config = Some(config.clone());
     let mut app = App::new(data, theme, config.ui.smoothing);
@@ -206,13 +254,23 @@ fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)
     app.gallery.caption = Some(format!("model {spec} · step {}", loaded.meta.step));
     app.gallery.open_model(&loaded.path);
     let follower = run_root.map(RunFollower::new);
-    Ok((Session { app, follower, child: None, fps: config.ui.fps, watch: Watched::new(None) }, log))
+    Ok((
+        Session {
+            app,
+            follower,
+            child: None,
+            fps: config.ui.fps,
+            watch: Watched::new(None),
+        },
+        log,
+    ))
 }
 
 /// Starts `facestudio train --headless` for `run` in a session of its own, its output
 /// appended to `headless.out` in the run.
 fn spawn_trainer(args: &TrainArgs, run: &RunDir) -> Result<Child> {
-    std::fs::create_dir_all(&run.root).with_context(|| format!("creating {}", run.root.display()))?;
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("creating {}", run.root.display()))?;
     let out_path = run.root.join("headless.out");
     let out = OpenOptions::new()
         .create(true)
@@ -237,7 +295,9 @@ fn spawn_trainer(args: &TrainArgs, run: &RunDir) -> Result<Child> {
     if args.resume {
         cmd.arg("--resume");
     }
-    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
     // SAFETY: setsid is async-signal-safe; it detaches the trainer from the studio's terminal
     // and process group, so a hang-up or Ctrl-C there does not reach it.
     unsafe {
@@ -348,10 +408,21 @@ fn on_trainer_exit(app: &mut App, status: std::process::ExitStatus) {
         return;
     }
     let out = std::fs::read_to_string(app.data.root.join("headless.out")).unwrap_or_default();
-    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output");
     let text = follow::sanitize(last);
-    app.data.push_log(LogLine { time: String::new(), level: LogLevel::Error, text: text.clone() });
-    app.say(format!("the trainer failed ({status}): {text}"), Tone::Error);
+    app.data.push_log(LogLine {
+        time: String::new(),
+        level: LogLevel::Error,
+        text: text.clone(),
+    });
+    app.say(
+        format!("the trainer failed ({status}): {text}"),
+        Tone::Error,
+    );
 }
 
 /// Carries out what a key asked for; `Some` ends the loop.
@@ -396,7 +467,10 @@ fn stop(s: &mut Session, run: &RunDir) {
     };
     if sent {
         s.app.stopping = Some(Instant::now());
-        s.app.say("stopping: the trainer saves a checkpoint, then ends…", Tone::Info);
+        s.app.say(
+            "stopping: the trainer saves a checkpoint, then ends…",
+            Tone::Info,
+        );
     }
 }
 
@@ -408,7 +482,10 @@ fn farewell(exit: Exit, s: &mut Session) {
             let _ = child.wait();
         }
     }
-    let alive = s.app.trainer_live() || s.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    let alive = s.app.trainer_live()
+        || s.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
     match exit {
         Exit::Stopped => {
             println!(

@@ -25,7 +25,13 @@ pub enum Series {
 
 impl Series {
     /// All series, in the order `t` cycles through them.
-    pub const ALL: [Series; 5] = [Series::Total, Series::Recon, Series::Kl, Series::Beta, Series::Lr];
+    pub const ALL: [Series; 5] = [
+        Series::Total,
+        Series::Recon,
+        Series::Kl,
+        Series::Beta,
+        Series::Lr,
+    ];
 
     /// Its label.
     pub fn label(self) -> &'static str {
@@ -53,7 +59,11 @@ impl Series {
     pub fn cycle(self, forward: bool) -> Series {
         let i = Series::ALL.iter().position(|s| *s == self).unwrap_or(0);
         let n = Series::ALL.len();
-        Series::ALL[if forward { (i + 1) % n } else { (i + n - 1) % n }]
+        Series::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
     }
 
     /// Whether validation passes report this series.
@@ -63,7 +73,10 @@ impl Series {
 
     /// `(step, value)` of the training records.
     pub fn points(self, data: &RunData) -> Vec<(f64, f64)> {
-        data.steps.iter().map(|r| (r.step as f64, self.of(r))).collect()
+        data.steps
+            .iter()
+            .map(|r| (r.step as f64, self.of(r)))
+            .collect()
     }
 
     /// `(step, value)` of the validation passes (empty for series they do not report).
@@ -150,7 +163,10 @@ pub fn trend(values: &[f64], window: usize) -> Trend {
 pub fn steps_per_second(steps: &[StepRecord], window: usize) -> Option<f64> {
     let last = steps.last()?;
     let first = &steps[steps.len().saturating_sub(window + 1)];
-    let (ds, dt) = (last.step.saturating_sub(first.step) as f64, last.time - first.time);
+    let (ds, dt) = (
+        last.step.saturating_sub(first.step) as f64,
+        last.time - first.time,
+    );
     (ds > 0.0 && dt > 0.0).then_some(ds / dt)
 }
 
@@ -164,13 +180,21 @@ pub fn eta_seconds(steps: &[StepRecord], total: u64) -> Option<f64> {
 /// Scales values to the 0..=1000 integers a sparkline draws, from the minimum up.
 pub fn spark_bars(values: &[f64]) -> Vec<u64> {
     let finite = values.iter().copied().filter(|v| v.is_finite());
-    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return values.iter().map(|_| 500).collect();
     }
     values
         .iter()
-        .map(|v| if v.is_finite() { (1.0 + 999.0 * (v - lo) / (hi - lo)) as u64 } else { 0 })
+        .map(|v| {
+            if v.is_finite() {
+                (1.0 + 999.0 * (v - lo) / (hi - lo)) as u64
+            } else {
+                0
+            }
+        })
         .collect()
 }
 
@@ -180,7 +204,9 @@ pub fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
         return points.to_vec();
     }
     let stride = points.len() as f64 / (max - 1) as f64;
-    let mut out: Vec<(f64, f64)> = (0..max - 1).map(|i| points[(i as f64 * stride) as usize]).collect();
+    let mut out: Vec<(f64, f64)> = (0..max - 1)
+        .map(|i| points[(i as f64 * stride) as usize])
+        .collect();
     out.push(points[points.len() - 1]);
     out
 }
@@ -217,7 +243,17 @@ mod tests {
         assert_eq!(trend(&[5.0, 4.0, 3.0], 20), Trend::Down);
         assert_eq!(trend(&[1.0, 2.0], 20), Trend::Up);
         assert_eq!(trend(&[1.0], 20), Trend::Flat);
-        let rec = |step, time| StepRecord { step, epoch: 0.0, time, total: 0.0, recon: 0.0, kl: 0.0, beta: 0.0, lr: 0.0, ips: 0.0 };
+        let rec = |step, time| StepRecord {
+            step,
+            epoch: 0.0,
+            time,
+            total: 0.0,
+            recon: 0.0,
+            kl: 0.0,
+            beta: 0.0,
+            lr: 0.0,
+            ips: 0.0,
+        };
         let steps = vec![rec(10, 1.0), rec(20, 2.0), rec(30, 3.0)];
         assert!((steps_per_second(&steps, 20).unwrap() - 10.0).abs() < 1e-9);
         assert!((eta_seconds(&steps, 130).unwrap() - 10.0).abs() < 1e-9);

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use crossterm::cursor::{Hide, Show};
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture};
 use crossterm::execute;
-use crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
+use crossterm::terminal::{
+    disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen,
+};
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
@@ -101,19 +103,23 @@ fn spawn_signal_watchdog() {
     if STARTED.swap(true, Ordering::SeqCst) {
         return;
     }
-    let watchdog = std::thread::Builder::new().name("signal-watchdog".into()).spawn(|| {
-        let mut since: Option<std::time::Instant> = None;
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            let Some(sig) = pending_signal() else { continue };
-            let first = *since.get_or_insert_with(std::time::Instant::now);
-            if first.elapsed() >= SIGNAL_GRACE && ACTIVE.load(Ordering::SeqCst) {
-                tracing::warn!("signal {sig} not handled within {SIGNAL_GRACE:?}; leaving now");
-                restore();
-                std::process::exit(128 + sig);
+    let watchdog = std::thread::Builder::new()
+        .name("signal-watchdog".into())
+        .spawn(|| {
+            let mut since: Option<std::time::Instant> = None;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let Some(sig) = pending_signal() else {
+                    continue;
+                };
+                let first = *since.get_or_insert_with(std::time::Instant::now);
+                if first.elapsed() >= SIGNAL_GRACE && ACTIVE.load(Ordering::SeqCst) {
+                    tracing::warn!("signal {sig} not handled within {SIGNAL_GRACE:?}; leaving now");
+                    restore();
+                    std::process::exit(128 + sig);
+                }
             }
-        }
-    });
+        });
     if let Err(e) = watchdog {
         tracing::warn!("no signal watchdog: {e}");
     }

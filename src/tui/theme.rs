@@ -162,7 +162,11 @@ impl Theme {
             "mono" => MONO,
             _ => {
                 let message = format!("no theme `{spec}`; built in: {}", BUILT_IN.join(", "));
-                return Err(ThemeError { file: local.display().to_string(), key: None, message });
+                return Err(ThemeError {
+                    file: local.display().to_string(),
+                    key: None,
+                    message,
+                });
             }
         };
         Self::parse(text, spec, &format!("<built-in {spec}>"))
@@ -171,18 +175,29 @@ impl Theme {
     /// Reads a theme file.
     pub fn from_file(path: &Path) -> Result<Self, ThemeError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ThemeError { file: file.clone(), key: None, message: e.to_string() })?;
-        let name = path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        let text = std::fs::read_to_string(path).map_err(|e| ThemeError {
+            file: file.clone(),
+            key: None,
+            message: e.to_string(),
+        })?;
+        let name = path
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into_owned());
         Self::parse(&text, &name, &file)
     }
 
     /// Parses theme text; `file` names it in errors.
     pub fn parse(text: &str, name: &str, file: &str) -> Result<Self, ThemeError> {
         let raw: ThemeFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let file = line.map_or(file.to_string(), |l| format!("{file}:{l}"));
-            ThemeError { file, key: None, message: e.message().trim().to_string() }
+            ThemeError {
+                file,
+                key: None,
+                message: e.message().trim().to_string(),
+            }
         })?;
         let s = raw.styles;
         let get = |key: &str, spec: &str| {
@@ -239,13 +254,17 @@ pub fn parse_style(spec: &str) -> Result<Style, String> {
         if let Some(m) = modifier {
             style = style.add_modifier(m);
         } else if word == "on" {
-            let bg = words.next().ok_or("`on` needs a background colour after it")?;
+            let bg = words
+                .next()
+                .ok_or("`on` needs a background colour after it")?;
             style = style.bg(parse_color(bg)?);
         } else if !fg_set {
             style = style.fg(parse_color(word)?);
             fg_set = true;
         } else {
-            return Err(format!("unexpected `{word}` in `{spec}` (a second colour needs `on`)"));
+            return Err(format!(
+                "unexpected `{word}` in `{spec}` (a second colour needs `on`)"
+            ));
         }
     }
     Ok(style)
@@ -302,7 +321,16 @@ mod tests {
     #[test]
     fn mono_has_no_colour() {
         let t = Theme::load("mono").unwrap();
-        for s in [t.text, t.tab_active, t.status, t.total, t.val, t.error, t.gauge, t.selection] {
+        for s in [
+            t.text,
+            t.tab_active,
+            t.status,
+            t.total,
+            t.val,
+            t.error,
+            t.gauge,
+            t.selection,
+        ] {
             assert!(matches!(s.fg, None | Some(Color::Reset)), "{s:?}");
             assert!(matches!(s.bg, None | Some(Color::Reset)), "{s:?}");
         }
@@ -324,10 +352,16 @@ mod tests {
         let text = DARK.replace("kl = \"#d7afff\"", "kl = \"#zzzzzz\"");
         let e = Theme::parse(&text, "x", "themes/x.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("styles.kl"));
-        assert!(e.to_string().starts_with("themes/x.toml: key `styles.kl`"), "{e}");
+        assert!(
+            e.to_string().starts_with("themes/x.toml: key `styles.kl`"),
+            "{e}"
+        );
         let missing = DARK.replace("kl = \"#d7afff\"\n", "");
         let e = Theme::parse(&missing, "x", "themes/x.toml").unwrap_err();
         assert!(e.to_string().contains("kl"), "{e}");
-        assert!(Theme::load("nosuchtheme").unwrap_err().to_string().contains("nosuchtheme"));
+        assert!(Theme::load("nosuchtheme")
+            .unwrap_err()
+            .to_string()
+            .contains("nosuchtheme"));
     }
 }

@@ -34,8 +34,13 @@ pub fn small_config() -> Config {
 pub fn train_collect(config: Config, run: &Path, resume: bool) -> (Summary, Vec<Event>) {
     let (tx, rx) = mpsc::channel();
     let (_cmd_tx, cmd_rx) = mpsc::channel();
-    let opts = train::Options { config, run: RunDir::new(run), resume };
-    let summary = train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false))).expect("training runs");
+    let opts = train::Options {
+        config,
+        run: RunDir::new(run),
+        resume,
+    };
+    let summary =
+        train::run(opts, tx, cmd_rx, Arc::new(AtomicBool::new(false))).expect("training runs");
     (summary, rx.try_iter().collect())
 }
 

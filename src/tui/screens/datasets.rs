@@ -107,10 +107,19 @@ enum Job {
 }
 
 enum Done {
-    Listed { names: Vec<String>, bad: Vec<BadFile> },
+    Listed {
+        names: Vec<String>,
+        bad: Vec<BadFile>,
+    },
     Failed(String),
-    Preview { index: usize, image: Result<RgbImage, String> },
-    Thumbs { start: usize, images: Vec<Option<RgbImage>> },
+    Preview {
+        index: usize,
+        image: Result<RgbImage, String>,
+    },
+    Thumbs {
+        start: usize,
+        images: Vec<Option<RgbImage>>,
+    },
     Stats(Box<Stats>),
 }
 
@@ -148,13 +157,19 @@ impl Reader {
                 folder::decode(&root.join(rel)).map(|img| img.to_rgb8())
             }
             Self::Synthetic { seed, size } => {
-                let hwc = synthetic::render(&synthetic::FaceParams::from_seed(*seed, i as u64), *size);
+                let hwc =
+                    synthetic::render(&synthetic::FaceParams::from_seed(*seed, i as u64), *size);
                 RgbImage::from_raw(*size, *size, hwc).ok_or_else(|| "bad synthetic image".into())
             }
             Self::Npy(im) => {
                 let n = im.channels * im.height * im.width;
                 let chw = im.pixels.get(i * n..(i + 1) * n).ok_or("no such image")?;
-                Ok(crate::data::chw_to_rgb(chw, im.channels, im.height, im.width))
+                Ok(crate::data::chw_to_rgb(
+                    chw,
+                    im.channels,
+                    im.height,
+                    im.width,
+                ))
             }
         }
     }
@@ -169,7 +184,13 @@ fn browse(origin: Origin, jobs: &Receiver<Job>, done: &Sender<Done>) {
         }
     };
     let count = names.len();
-    if done.send(Done::Listed { names, bad: bad.clone() }).is_err() {
+    if done
+        .send(Done::Listed {
+            names,
+            bad: bad.clone(),
+        })
+        .is_err()
+    {
         return;
     }
     let stats_reader = reader.clone();
@@ -186,9 +207,15 @@ fn browse(origin: Origin, jobs: &Receiver<Job>, done: &Sender<Done>) {
         let thumbs = queue.iter().rposition(|j| matches!(j, Job::Thumbs { .. }));
         for (i, job) in queue.into_iter().enumerate() {
             let reply = match job {
-                Job::Preview { index } if Some(i) == preview => Done::Preview { index, image: reader.read(index) },
+                Job::Preview { index } if Some(i) == preview => Done::Preview {
+                    index,
+                    image: reader.read(index),
+                },
                 Job::Thumbs { start, indices } if Some(i) == thumbs => {
-                    let images = indices.iter().map(|k| reader.read(*k).ok().map(|im| thumb(&im))).collect();
+                    let images = indices
+                        .iter()
+                        .map(|k| reader.read(*k).ok().map(|im| thumb(&im)))
+                        .collect();
                     Done::Thumbs { start, images }
                 }
                 _ => continue,
@@ -206,13 +233,23 @@ fn list(origin: &Origin) -> Result<Listed, String> {
     match origin {
         Origin::Folder(root) => {
             let (entries, bad) = folder::scan_all(root).map_err(|e| e.to_string())?;
-            let names = entries.iter().map(|e| e.rel.to_string_lossy().into_owned()).collect();
+            let names = entries
+                .iter()
+                .map(|e| e.rel.to_string_lossy().into_owned())
+                .collect();
             let rels = entries.into_iter().map(|e| e.rel).collect();
             Ok((Reader::Folder(root.clone(), Arc::new(rels)), names, bad))
         }
         Origin::Synthetic { seed, count, size } => {
             let names = (0..*count).map(|i| format!("synthetic #{i}")).collect();
-            Ok((Reader::Synthetic { seed: *seed, size: *size }, names, Vec::new()))
+            Ok((
+                Reader::Synthetic {
+                    seed: *seed,
+                    size: *size,
+                },
+                names,
+                Vec::new(),
+            ))
         }
         Origin::Npy(path) => {
             let im = crate::data::npy::read(path).map_err(|e| e.to_string())?;
@@ -240,7 +277,10 @@ struct Sums {
 fn compute_stats(reader: &Reader, count: usize, mut bad: Vec<BadFile>, done: &Sender<Done>) {
     use rayon::prelude::*;
 
-    let mut sums = Sums { face: vec![0; (THUMB * THUMB * 3) as usize], ..Default::default() };
+    let mut sums = Sums {
+        face: vec![0; (THUMB * THUMB * 3) as usize],
+        ..Default::default()
+    };
     let channels = match reader {
         Reader::Npy(im) if im.channels == 1 => "gray",
         _ => "rgb",
@@ -251,12 +291,17 @@ fn compute_stats(reader: &Reader, count: usize, mut bad: Vec<BadFile>, done: &Se
     };
     for start in (0..count).step_by(STATS_CHUNK) {
         let end = (start + STATS_CHUNK).min(count);
-        let results: Vec<(usize, Result<RgbImage, String>)> =
-            (start..end).into_par_iter().map(|i| (i, reader.read(i))).collect();
+        let results: Vec<(usize, Result<RgbImage, String>)> = (start..end)
+            .into_par_iter()
+            .map(|i| (i, reader.read(i)))
+            .collect();
         for (i, r) in results {
             match r {
                 Ok(img) => add(&mut sums, &img),
-                Err(reason) => bad.push(BadFile { path: label(i), reason }),
+                Err(reason) => bad.push(BadFile {
+                    path: label(i),
+                    reason,
+                }),
             }
         }
         let stats = summarise(&sums, end, count, channels, &bad);
@@ -265,7 +310,9 @@ fn compute_stats(reader: &Reader, count: usize, mut bad: Vec<BadFile>, done: &Se
         }
     }
     if count == 0 {
-        let _ = done.send(Done::Stats(Box::new(summarise(&sums, 0, 0, channels, &bad))));
+        let _ = done.send(Done::Stats(Box::new(summarise(
+            &sums, 0, 0, channels, &bad,
+        ))));
     }
 }
 
@@ -291,13 +338,26 @@ fn summarise(sums: &Sums, done: usize, total: usize, channels: &str, bad: &[BadF
     let mean = sums.sum.map(|s| s / n);
     let std = [0, 1, 2].map(|c| (sums.sq[c] / n - mean[c] * mean[c]).max(0.0).sqrt());
     let mean_face = (sums.read > 0).then(|| {
-        let raw = sums.face.iter().map(|v| (*v / sums.read as u64) as u8).collect();
+        let raw = sums
+            .face
+            .iter()
+            .map(|v| (*v / sums.read as u64) as u8)
+            .collect();
         RgbImage::from_raw(THUMB, THUMB, raw).unwrap_or_default()
     });
     let mut sizes: Vec<((u32, u32), usize)> = sums.sizes.iter().map(|(k, v)| (*k, *v)).collect();
     sizes.sort_by(|a, b| b.1.cmp(&a.1));
     let channels = vec![(channels.to_string(), sums.read)];
-    Stats { done, total, sizes, channels, mean, std, mean_face, bad: bad.to_vec() }
+    Stats {
+        done,
+        total,
+        sizes,
+        channels,
+        mean,
+        std,
+        mean_face,
+        bad: bad.to_vec(),
+    }
 }
 
 /// Where the browser stands.
@@ -386,7 +446,10 @@ impl DatasetsScreen {
     /// Starts browsing `origin` (listing on a worker).
     pub fn open(&mut self, origin: Origin) {
         let source = self.source.take();
-        *self = Self { source, ..Self::default() };
+        *self = Self {
+            source,
+            ..Self::default()
+        };
         if let Origin::Folder(root) = &origin {
             self.excluded = folder::read_excluded(root);
         }
@@ -470,7 +533,9 @@ impl DatasetsScreen {
         self.visible = if needle.is_empty() {
             (0..self.names.len()).collect()
         } else {
-            (0..self.names.len()).filter(|i| self.names[*i].to_lowercase().contains(&needle)).collect()
+            (0..self.names.len())
+                .filter(|i| self.names[*i].to_lowercase().contains(&needle))
+                .collect()
         };
         self.selected = self.selected.min(self.visible.len().saturating_sub(1));
         self.offset = self.offset.min(self.selected);
@@ -488,13 +553,22 @@ impl DatasetsScreen {
         }
         let n = self.visible.len();
         let last = n.saturating_sub(1);
-        let page = if self.thumbs { self.grid.0 * self.grid.1 } else { self.rows }.max(1);
+        let page = if self.thumbs {
+            self.grid.0 * self.grid.1
+        } else {
+            self.rows
+        }
+        .max(1);
         let step = if self.thumbs { self.grid.0.max(1) } else { 1 };
         match key.code {
             KeyCode::Down | KeyCode::Char('j') => self.selected = (self.selected + step).min(last),
             KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(step),
-            KeyCode::Right | KeyCode::Char('l') if self.thumbs => self.selected = (self.selected + 1).min(last),
-            KeyCode::Left | KeyCode::Char('h') if self.thumbs => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Right | KeyCode::Char('l') if self.thumbs => {
+                self.selected = (self.selected + 1).min(last)
+            }
+            KeyCode::Left | KeyCode::Char('h') if self.thumbs => {
+                self.selected = self.selected.saturating_sub(1)
+            }
             KeyCode::PageDown => self.selected = (self.selected + page).min(last),
             KeyCode::PageUp => self.selected = self.selected.saturating_sub(page),
             KeyCode::Char('g') | KeyCode::Home => self.selected = 0,
@@ -537,7 +611,9 @@ impl DatasetsScreen {
         let Some(Origin::Folder(root)) = &self.origin else {
             return ("only files of an image folder can be excluded".into(), true);
         };
-        let Some(i) = self.current() else { return ("no file selected".into(), true) };
+        let Some(i) = self.current() else {
+            return ("no file selected".into(), true);
+        };
         let rel = PathBuf::from(&self.names[i]);
         let now_excluded = !self.excluded.remove(&rel);
         if now_excluded {
@@ -546,18 +622,37 @@ impl DatasetsScreen {
         let list = root.join(EXCLUDE_FILE);
         match folder::write_excluded(root, &self.excluded) {
             Ok(()) => {
-                let what = if now_excluded { "excluded from" } else { "back in" };
+                let what = if now_excluded {
+                    "excluded from"
+                } else {
+                    "back in"
+                };
                 let name = escape_name(&self.names[i]);
-                (format!("{name} {what} training (list: {})", escape_name(&list.to_string_lossy())), false)
+                (
+                    format!(
+                        "{name} {what} training (list: {})",
+                        escape_name(&list.to_string_lossy())
+                    ),
+                    false,
+                )
             }
             Err(e) => (format!("cannot write {}: {e}", list.display()), true),
         }
     }
 
     /// Draws the screen into `area`.
-    pub fn render(&mut self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme, pictures: &mut Pictures) {
-        let [top, bottom] = Layout::vertical([Constraint::Length(11), Constraint::Fill(1)]).areas(area);
-        let [summary, stats] = Layout::horizontal([Constraint::Percentage(50), Constraint::Fill(1)]).areas(top);
+    pub fn render(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        data: &RunData,
+        theme: &Theme,
+        pictures: &mut Pictures,
+    ) {
+        let [top, bottom] =
+            Layout::vertical([Constraint::Length(11), Constraint::Fill(1)]).areas(area);
+        let [summary, stats] =
+            Layout::horizontal([Constraint::Percentage(50), Constraint::Fill(1)]).areas(top);
         let summary_block = super::panel("data set", false, theme);
         let summary_inner = summary_block.inner(summary);
         summary_block.render(summary, buf);
@@ -570,7 +665,8 @@ impl DatasetsScreen {
         if self.thumbs {
             self.render_thumbs(bottom, buf, theme, pictures);
         } else {
-            let [list, preview] = Layout::horizontal([Constraint::Percentage(40), Constraint::Fill(1)]).areas(bottom);
+            let [list, preview] =
+                Layout::horizontal([Constraint::Percentage(40), Constraint::Fill(1)]).areas(bottom);
             self.render_list(list, buf, theme);
             self.render_preview(preview, buf, theme, pictures);
         }
@@ -585,7 +681,11 @@ impl DatasetsScreen {
             Listing::Failed(_) => "cannot list".into(),
         };
         let filter = if self.typing || !self.filter.is_empty() {
-            format!(" · /{}{}", escape_name(&self.filter), if self.typing { "▏" } else { "" })
+            format!(
+                " · /{}{}",
+                escape_name(&self.filter),
+                if self.typing { "▏" } else { "" }
+            )
         } else {
             String::new()
         };
@@ -599,7 +699,9 @@ impl DatasetsScreen {
 
         self.rows = (inner.height as usize).max(1);
         if let Some(text) = self.listing_note() {
-            Paragraph::new(Span::styled(text, theme.dim)).wrap(Wrap { trim: true }).render(inner, buf);
+            Paragraph::new(Span::styled(text, theme.dim))
+                .wrap(Wrap { trim: true })
+                .render(inner, buf);
             return;
         }
         self.scroll_to_selection();
@@ -608,9 +710,20 @@ impl DatasetsScreen {
         let lines: Vec<Line> = (self.offset..end)
             .map(|row| {
                 let i = self.visible[row];
-                let mark = if self.excluded.contains(Path::new(&self.names[i])) { "✗ " } else { "  " };
-                let style = if row == self.selected { theme.selection } else { theme.text };
-                Line::from(Span::styled(format!("{mark}{}", escape_name(&self.names[i])), style))
+                let mark = if self.excluded.contains(Path::new(&self.names[i])) {
+                    "✗ "
+                } else {
+                    "  "
+                };
+                let style = if row == self.selected {
+                    theme.selection
+                } else {
+                    theme.text
+                };
+                Line::from(Span::styled(
+                    format!("{mark}{}", escape_name(&self.names[i])),
+                    style,
+                ))
             })
             .collect();
         Paragraph::new(lines).render(inner, buf);
@@ -618,7 +731,9 @@ impl DatasetsScreen {
 
     fn listing_note(&self) -> Option<String> {
         match &self.listing {
-            Listing::Idle => Some("the data set appears once the run's configuration is known".into()),
+            Listing::Idle => {
+                Some("the data set appears once the run's configuration is known".into())
+            }
             Listing::Loading => Some("listing the data set…".into()),
             Listing::Failed(e) => Some(escape_name(e)),
             Listing::Ready if self.visible.is_empty() => Some("no file matches".into()),
@@ -634,7 +749,13 @@ impl DatasetsScreen {
         }
     }
 
-    fn render_preview(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, pictures: &mut Pictures) {
+    fn render_preview(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        pictures: &mut Pictures,
+    ) {
         let current = self.current();
         let name = current.map_or(String::new(), |i| escape_name(&self.names[i]));
         let block = super::panel(format!("preview · {name}"), false, theme);
@@ -651,13 +772,21 @@ impl DatasetsScreen {
         match &self.preview {
             Some((i, Ok(p))) if *i == index => pictures.draw(p, inner, buf, theme.image),
             Some((i, Err(e))) if *i == index => {
-                Paragraph::new(Span::styled(escape_name(e), theme.error)).wrap(Wrap { trim: true }).render(inner, buf);
+                Paragraph::new(Span::styled(escape_name(e), theme.error))
+                    .wrap(Wrap { trim: true })
+                    .render(inner, buf);
             }
             _ => Paragraph::new(Span::styled("decoding…", theme.dim)).render(inner, buf),
         }
     }
 
-    fn render_thumbs(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, pictures: &mut Pictures) {
+    fn render_thumbs(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        pictures: &mut Pictures,
+    ) {
         let block = super::panel(format!("{} · thumbnails", self.list_title()), false, theme);
         let inner = block.inner(area);
         block.render(area, buf);
@@ -668,7 +797,13 @@ impl DatasetsScreen {
         let per_page = cols * rows;
         let start = self.selected / per_page * per_page;
         if self.asked_page != Some(start) {
-            let indices: Vec<usize> = self.visible.iter().skip(start).take(per_page).copied().collect();
+            let indices: Vec<usize> = self
+                .visible
+                .iter()
+                .skip(start)
+                .take(per_page)
+                .copied()
+                .collect();
             if let Some(b) = &self.browser {
                 let _ = b.jobs.send(Job::Thumbs { start, indices });
             }
@@ -680,16 +815,47 @@ impl DatasetsScreen {
         }
     }
 
-    fn render_stats(&mut self, area: Rect, buf: &mut Buffer, theme: &Theme, pictures: &mut Pictures) {
-        let [face, text] = Layout::horizontal([Constraint::Length(area.height.min(10) * 2), Constraint::Fill(1)]).areas(area);
+    fn render_stats(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        theme: &Theme,
+        pictures: &mut Pictures,
+    ) {
+        let [face, text] = Layout::horizontal([
+            Constraint::Length(area.height.min(10) * 2),
+            Constraint::Fill(1),
+        ])
+        .areas(area);
         let Some(s) = &self.stats else {
-            Paragraph::new(Span::styled("reading every image for the statistics…", theme.dim)).render(area, buf);
+            Paragraph::new(Span::styled(
+                "reading every image for the statistics…",
+                theme.dim,
+            ))
+            .render(area, buf);
             return;
         };
-        let progress = if s.done < s.total { format!(" ({} of {} read)", s.done, s.total) } else { String::new() };
-        let sizes: Vec<String> = s.sizes.iter().take(3).map(|((w, h), n)| format!("{w}×{h}: {n}")).collect();
-        let more = if s.sizes.len() > 3 { format!(" +{} more", s.sizes.len() - 3) } else { String::new() };
-        let chans: Vec<String> = s.channels.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+        let progress = if s.done < s.total {
+            format!(" ({} of {} read)", s.done, s.total)
+        } else {
+            String::new()
+        };
+        let sizes: Vec<String> = s
+            .sizes
+            .iter()
+            .take(3)
+            .map(|((w, h), n)| format!("{w}×{h}: {n}"))
+            .collect();
+        let more = if s.sizes.len() > 3 {
+            format!(" +{} more", s.sizes.len() - 3)
+        } else {
+            String::new()
+        };
+        let chans: Vec<String> = s
+            .channels
+            .iter()
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
         let f = |v: [f64; 3]| format!("{:.1} {:.1} {:.1}", v[0], v[1], v[2]);
         let mut lines = vec![
             field("images  ", format!("{}{progress}", s.total), theme),
@@ -701,8 +867,14 @@ impl DatasetsScreen {
             field("unreadable", (s.bad.len()).to_string(), theme),
         ];
         for b in s.bad.iter().take(area.height.saturating_sub(7) as usize) {
-            let name = b.path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
-            lines.push(Line::from(Span::styled(format!("  {}: {}", escape_name(&name), escape_name(&b.reason)), theme.warn)));
+            let name = b
+                .path
+                .file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+            lines.push(Line::from(Span::styled(
+                format!("  {}: {}", escape_name(&name), escape_name(&b.reason)),
+                theme.warn,
+            )));
         }
         Paragraph::new(lines).render(text, buf);
         if let Some(p) = &self.mean_face {
@@ -740,14 +912,33 @@ fn summary_lines<'a>(data: &RunData, theme: &Theme) -> Vec<Line<'a>> {
         field("images         ", count(total), theme),
         field("  training     ", count(train), theme),
         field("  held out     ", count(val), theme),
-        field("unreadable     ", format!("{} (from the run's log)", data.bad_files), theme),
+        field(
+            "unreadable     ",
+            format!("{} (from the run's log)", data.bad_files),
+            theme,
+        ),
     ];
     if let Some(c) = config {
-        let size = format!("{0}×{0} px, {1} channel(s)", c.model.image_size, c.model.channels);
+        let size = format!(
+            "{0}×{0} px, {1} channel(s)",
+            c.model.image_size, c.model.channels
+        );
         lines.push(field("prepared as    ", size, theme));
-        lines.push(field("crop           ", format!("{:?}", c.data.crop).to_lowercase(), theme));
-        lines.push(field("flip           ", if c.data.flip { "yes" } else { "no" }.to_string(), theme));
-        lines.push(field("held-out share ", format!("{:.1}%", c.data.val_fraction * 100.0), theme));
+        lines.push(field(
+            "crop           ",
+            format!("{:?}", c.data.crop).to_lowercase(),
+            theme,
+        ));
+        lines.push(field(
+            "flip           ",
+            if c.data.flip { "yes" } else { "no" }.to_string(),
+            theme,
+        ));
+        lines.push(field(
+            "held-out share ",
+            format!("{:.1}%", c.data.val_fraction * 100.0),
+            theme,
+        ));
     }
     lines
 }

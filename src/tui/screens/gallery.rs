@@ -68,8 +68,14 @@ pub enum View {
 
 impl View {
     /// Every view, in the order `v` cycles them.
-    pub const ALL: [View; 6] =
-        [Self::Samples, Self::Reconstructions, Self::Interpolation, Self::Walk, Self::TimeLapse, Self::Novelty];
+    pub const ALL: [View; 6] = [
+        Self::Samples,
+        Self::Reconstructions,
+        Self::Interpolation,
+        Self::Walk,
+        Self::TimeLapse,
+        Self::Novelty,
+    ];
 
     /// Its name.
     pub fn title(self) -> &'static str {
@@ -86,7 +92,11 @@ impl View {
     fn cycle(self, forward: bool) -> Self {
         let i = Self::ALL.iter().position(|v| *v == self).unwrap_or(0);
         let n = Self::ALL.len();
-        Self::ALL[if forward { (i + 1) % n } else { (i + n - 1) % n }]
+        Self::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
     }
 
     /// Whether tiles come in pairs (an image and its counterpart).
@@ -216,7 +226,10 @@ impl GalleryScreen {
     }
 
     fn checkpoint_list(&self) -> Vec<crate::checkpoint::Entry> {
-        self.checkpoints.as_deref().map(crate::checkpoint::list).unwrap_or_default()
+        self.checkpoints
+            .as_deref()
+            .map(crate::checkpoint::list)
+            .unwrap_or_default()
     }
 
     /// Takes in the worker's replies, loads a new checkpoint and asks for the view when it
@@ -240,11 +253,17 @@ impl GalleryScreen {
     }
 
     fn look_for_checkpoint(&mut self) -> bool {
-        if self.checkpoints.is_none() || self.last_look.is_some_and(|t| t.elapsed() < CHECKPOINT_LOOK) {
+        if self.checkpoints.is_none()
+            || self
+                .last_look
+                .is_some_and(|t| t.elapsed() < CHECKPOINT_LOOK)
+        {
             return false;
         }
         self.last_look = Some(Instant::now());
-        let Some(newest) = self.checkpoint_list().pop() else { return false };
+        let Some(newest) = self.checkpoint_list().pop() else {
+            return false;
+        };
         if self.requested_model.as_ref() == Some(&newest.meta) {
             return false;
         }
@@ -255,13 +274,25 @@ impl GalleryScreen {
 
     fn take(&mut self, reply: Reply) {
         match reply {
-            Reply::Loaded { path, step, latent, shape } => {
+            Reply::Loaded {
+                path,
+                step,
+                latent,
+                shape,
+            } => {
                 self.error = None;
                 self.dim = self.dim.min(latent.saturating_sub(1));
-                self.model = Some(ModelInfo { path, step, latent, shape });
+                self.model = Some(ModelInfo {
+                    path,
+                    step,
+                    latent,
+                    shape,
+                });
             }
             Reply::Frame { id, tiles } => {
-                let Some((sent_id, job)) = &self.sent else { return };
+                let Some((sent_id, job)) = &self.sent else {
+                    return;
+                };
                 if *sent_id != id {
                     return;
                 }
@@ -284,21 +315,39 @@ impl GalleryScreen {
         let seed = self.face_seed(self.selected);
         let job = match self.view {
             View::Samples if model.latent == 2 => Job::Plane { cols, rows },
-            View::Samples => Job::Samples { seeds: (0..count).map(|i| self.face_seed(i)).collect() },
+            View::Samples => Job::Samples {
+                seeds: (0..count).map(|i| self.face_seed(i)).collect(),
+            },
             View::Reconstructions => {
                 let pairs = (count / 2).max(1);
                 let start = (self.base_seed as usize).wrapping_mul(7919) % 100_003;
-                Job::Recon { indices: (0..pairs).map(|k| start + k * 13).collect() }
+                Job::Recon {
+                    indices: (0..pairs).map(|k| start + k * 13).collect(),
+                }
             }
-            View::Interpolation => Job::Interp { a: self.ends[0], b: self.ends[1], steps: self.steps, blend: self.blend },
-            View::Walk => Job::Walk { seed, dim: self.dim, steps: self.steps },
+            View::Interpolation => Job::Interp {
+                a: self.ends[0],
+                b: self.ends[1],
+                steps: self.steps,
+                blend: self.blend,
+            },
+            View::Walk => Job::Walk {
+                seed,
+                dim: self.dim,
+                steps: self.steps,
+            },
             View::TimeLapse => {
-                let checkpoints: Vec<PathBuf> = self.checkpoint_list().into_iter().map(|e| e.meta).collect();
+                let checkpoints: Vec<PathBuf> =
+                    self.checkpoint_list().into_iter().map(|e| e.meta).collect();
                 Job::TimeLapse { seed, checkpoints }
             }
             View::Novelty => {
                 let pairs = (count / 2).clamp(1, 8);
-                Job::Novelty { seeds: (0..pairs).map(|k| self.face_seed(self.selected + k)).collect() }
+                Job::Novelty {
+                    seeds: (0..pairs)
+                        .map(|k| self.face_seed(self.selected + k))
+                        .collect(),
+                }
             }
         };
         Some(job)
@@ -310,18 +359,26 @@ impl GalleryScreen {
             return None;
         }
         let files = crate::run::RunDir::new(&data.root).sample_files();
-        (!files.is_empty()).then_some(Job::SampleLapse { index: self.selected, files })
+        (!files.is_empty()).then_some(Job::SampleLapse {
+            index: self.selected,
+            files,
+        })
     }
 
     fn request(&mut self, data: &RunData) {
-        let Some(job) = self.wanted().or_else(|| self.wanted_without_model(data)) else { return };
+        let Some(job) = self.wanted().or_else(|| self.wanted_without_model(data)) else {
+            return;
+        };
         if self.sent.as_ref().is_some_and(|(_, j)| *j == job) {
             return;
         }
         let worker = self.worker.get_or_insert_with(Worker::spawn);
         let id = self.next_id;
         self.next_id += 1;
-        worker.send(Request::Render { id, job: job.clone() });
+        worker.send(Request::Render {
+            id,
+            job: job.clone(),
+        });
         self.sent = Some((id, job));
     }
 
@@ -338,12 +395,17 @@ impl GalleryScreen {
     /// Whether the frame shown is the one the view, selection and layout ask for.
     pub fn is_current(&self) -> bool {
         let wanted = self.wanted();
-        self.frame.as_ref().is_some_and(|f| wanted.is_some_and(|w| w == f.job))
+        self.frame
+            .as_ref()
+            .is_some_and(|f| wanted.is_some_and(|w| w == f.job))
     }
 
     /// The captions of the tiles shown.
     pub fn labels(&self) -> Vec<String> {
-        self.frame.as_ref().map(|f| f.tiles.iter().map(|t| sanitize(&t.label)).collect()).unwrap_or_default()
+        self.frame
+            .as_ref()
+            .map(|f| f.tiles.iter().map(|t| sanitize(&t.label)).collect())
+            .unwrap_or_default()
     }
 
     fn compose(&mut self, job: Job, tiles: Vec<Tile>) {
@@ -352,9 +414,19 @@ impl GalleryScreen {
             (_, v) if v.pairs() => self.grid.0.max(2) & !1,
             _ => strip_columns(tiles.len(), self.grid.0 * self.grid.1.max(1)),
         };
-        let selected = if matches!(job, Job::Samples { .. } | Job::Plane { .. }) { self.selected } else { usize::MAX };
+        let selected = if matches!(job, Job::Samples { .. } | Job::Plane { .. }) {
+            self.selected
+        } else {
+            usize::MAX
+        };
         let picture = Picture::new(compose(&tiles, cols.max(1), selected, self.highlight));
-        self.frame = Some(Frame { job, tiles, cols: cols.max(1), picture, selected });
+        self.frame = Some(Frame {
+            job,
+            tiles,
+            cols: cols.max(1),
+            picture,
+            selected,
+        });
         self.enlarged_picture = None;
     }
 
@@ -364,8 +436,12 @@ impl GalleryScreen {
         let count = (cols * rows).max(1);
         match key.code {
             KeyCode::Left | KeyCode::Char('h') => self.selected = self.selected.saturating_sub(1),
-            KeyCode::Right | KeyCode::Char('l') => self.selected = (self.selected + 1).min(count - 1),
-            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(cols.max(1)),
+            KeyCode::Right | KeyCode::Char('l') => {
+                self.selected = (self.selected + 1).min(count - 1)
+            }
+            KeyCode::Up | KeyCode::Char('k') => {
+                self.selected = self.selected.saturating_sub(cols.max(1))
+            }
             KeyCode::Down | KeyCode::Char('j') => {
                 if self.selected + cols < count {
                     self.selected += cols;
@@ -385,7 +461,10 @@ impl GalleryScreen {
                 let i = self.base_seed as usize % 100_003;
                 self.ends = [Endpoint::Image(i), Endpoint::Image(i + 1)];
                 self.view = View::Interpolation;
-                return Handled::Say(format!("interpolating between training images {i} and {}", i + 1), false);
+                return Handled::Say(
+                    format!("interpolating between training images {i} and {}", i + 1),
+                    false,
+                );
             }
             KeyCode::Char('m') => self.blend = self.blend.toggled(),
             KeyCode::Char('+') | KeyCode::Char('=') => self.steps = (self.steps + 1).min(32),
@@ -414,7 +493,10 @@ impl GalleryScreen {
         let seed = self.face_seed(self.selected);
         self.ends[end] = Endpoint::Seed(seed);
         let which = if end == 0 { "start" } else { "end" };
-        Handled::Say(format!("interpolation {which}: seed {seed} (v to the interpolation view)"), false)
+        Handled::Say(
+            format!("interpolation {which}: seed {seed} (v to the interpolation view)"),
+            false,
+        )
     }
 
     /// Redraws the selection frame into the picture without asking the worker again.
@@ -430,7 +512,11 @@ impl GalleryScreen {
 
     fn selected_tile(&self) -> Option<&Tile> {
         let f = self.frame.as_ref()?;
-        let i = if f.selected == usize::MAX { 0 } else { f.selected };
+        let i = if f.selected == usize::MAX {
+            0
+        } else {
+            f.selected
+        };
         f.tiles.get(i)
     }
 
@@ -446,7 +532,11 @@ impl GalleryScreen {
         let Some(f) = &self.frame else {
             return Handled::Say("no grid to save yet".into(), true);
         };
-        let name = format!("{}-seed-{}.png", self.view.title().replace(' ', "-"), self.base_seed);
+        let name = format!(
+            "{}-seed-{}.png",
+            self.view.title().replace(' ', "-"),
+            self.base_seed
+        );
         save(f.picture.image(), &gallery_dir(root).join(name))
     }
 
@@ -464,9 +554,14 @@ impl GalleryScreen {
         let block = super::panel(self.title(data), false, theme);
         let inner = block.inner(area);
         block.render(area, buf);
-        let [image, hint] = Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(inner);
+        let [image, hint] =
+            Layout::vertical([Constraint::Fill(1), Constraint::Length(1)]).areas(inner);
 
-        self.grid = grid_for(image, pictures.decision().cell, self.model.as_ref().map(|m| m.shape));
+        self.grid = grid_for(
+            image,
+            pictures.decision().cell,
+            self.model.as_ref().map(|m| m.shape),
+        );
         if self.view == View::Samples {
             let (cols, rows) = self.grid;
             self.selected = self.selected.min((cols * rows).max(1) - 1);
@@ -485,7 +580,8 @@ impl GalleryScreen {
         sample: &mut SampleView,
     ) {
         if let Some(e) = &self.error {
-            let [msg, rest] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+            let [msg, rest] =
+                Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
             Paragraph::new(Span::styled(sanitize(e), theme.error)).render(msg, buf);
             return self.render_image_inner(rest, buf, data, theme, pictures, sample);
         }
@@ -507,7 +603,10 @@ impl GalleryScreen {
                 return;
             }
         }
-        let current = self.frame.as_ref().filter(|f| self.wanted().is_none_or(|w| same_kind(&w, &f.job)));
+        let current = self
+            .frame
+            .as_ref()
+            .filter(|f| self.wanted().is_none_or(|w| same_kind(&w, &f.job)));
         if let Some(f) = current {
             pictures.draw(&f.picture, area, buf, theme.image);
         } else if self.model.is_none() && self.view == View::Samples && self.sample_grid.is_some() {
@@ -556,14 +655,28 @@ impl GalleryScreen {
             (None, None, None) => "no model yet".into(),
         };
         let detail = match self.view {
-            View::Samples if self.enlarged => format!("face · seed {}", self.face_seed(self.selected)),
-            View::Samples if self.model.as_ref().is_some_and(|m| m.latent == 2) => "latent plane".into(),
+            View::Samples if self.enlarged => {
+                format!("face · seed {}", self.face_seed(self.selected))
+            }
+            View::Samples if self.model.as_ref().is_some_and(|m| m.latent == 2) => {
+                "latent plane".into()
+            }
             View::Samples if self.model.is_none() => "the run's sample grid (fixed latents)".into(),
             View::Samples => format!("seeds {}…", self.base_seed),
             View::Interpolation => {
-                format!("{} → {} · {} · {} steps", end_name(self.ends[0]), end_name(self.ends[1]), self.blend.name(), self.steps)
+                format!(
+                    "{} → {} · {} · {} steps",
+                    end_name(self.ends[0]),
+                    end_name(self.ends[1]),
+                    self.blend.name(),
+                    self.steps
+                )
             }
-            View::Walk => format!("seed {} · z{} from -3 to +3", self.face_seed(self.selected), self.dim),
+            View::Walk => format!(
+                "seed {} · z{} from -3 to +3",
+                self.face_seed(self.selected),
+                self.dim
+            ),
             View::TimeLapse => format!("seed {}", self.face_seed(self.selected)),
             View::Reconstructions => "data | model".into(),
             View::Novelty => "face | nearest training image (pixel L2)".into(),
@@ -575,13 +688,19 @@ impl GalleryScreen {
         let labels = self.labels();
         match self.view {
             View::Samples => {
-                "v views · Enter enlarge · r new seeds · p/P save · a/b interpolation ends".to_string()
+                "v views · Enter enlarge · r new seeds · p/P save · a/b interpolation ends"
+                    .to_string()
             }
             View::TimeLapse | View::Novelty | View::Reconstructions if !labels.is_empty() => {
                 let shown: Vec<&str> = labels.iter().map(String::as_str).collect();
                 shown.join(" · ")
             }
-            _ => format!("v views · m {} · +/- {} steps · [ ] dimension {}", self.blend.name(), self.steps, self.dim),
+            _ => format!(
+                "v views · m {} · +/- {} steps · [ ] dimension {}",
+                self.blend.name(),
+                self.steps,
+                self.dim
+            ),
         }
     }
 }
@@ -599,7 +718,9 @@ fn end_name(e: Endpoint) -> String {
 }
 
 fn fresh_seed(old: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mut rng = crate::rng::Rng::keyed(old ^ nanos as u64, "gallery-seeds", 0);
     rng.next_u64() % 1_000_000
 }
@@ -626,7 +747,9 @@ fn strip_columns(n: usize, room: usize) -> usize {
 
 /// Lays `tiles` out in `cols` columns with a gap, framing tile `selected` in `highlight`.
 pub fn compose(tiles: &[Tile], cols: usize, selected: usize, highlight: Rgb<u8>) -> RgbImage {
-    let (tw, th) = tiles.iter().fold((1, 1), |(w, h), t| (t.image.width().max(w), t.image.height().max(h)));
+    let (tw, th) = tiles.iter().fold((1, 1), |(w, h), t| {
+        (t.image.width().max(w), t.image.height().max(h))
+    });
     let rows = tiles.len().div_ceil(cols.max(1)).max(1) as u32;
     let cols = cols.max(1) as u32;
     let (w, h) = (cols * (tw + GAP) + GAP, rows * (th + GAP) + GAP);
@@ -636,7 +759,14 @@ pub fn compose(tiles: &[Tile], cols: usize, selected: usize, highlight: Rgb<u8>)
         let (x, y) = (GAP + c * (tw + GAP), GAP + r * (th + GAP));
         image::imageops::replace(&mut out, &t.image, i64::from(x), i64::from(y));
         if i == selected {
-            frame(&mut out, x - GAP, y - GAP, tw + 2 * GAP, th + 2 * GAP, highlight);
+            frame(
+                &mut out,
+                x - GAP,
+                y - GAP,
+                tw + 2 * GAP,
+                th + 2 * GAP,
+                highlight,
+            );
         }
     }
     out

@@ -39,15 +39,42 @@ pub struct Editable {
 
 /// The settings the panel edits, in display order.
 pub const EDITABLE: [Editable; 9] = [
-    Editable { key: "train.lr", scale: Scale::Log(1.25) },
-    Editable { key: "train.beta", scale: Scale::Log(1.25) },
-    Editable { key: "train.kl_warmup_steps", scale: Scale::Whole(100) },
-    Editable { key: "train.grad_clip", scale: Scale::Linear(0.5) },
-    Editable { key: "train.batch_size", scale: Scale::Doubling },
-    Editable { key: "train.steps", scale: Scale::Whole(500) },
-    Editable { key: "train.sample_every", scale: Scale::Whole(50) },
-    Editable { key: "train.checkpoint_every", scale: Scale::Whole(100) },
-    Editable { key: "ui.smoothing", scale: Scale::Linear(0.05) },
+    Editable {
+        key: "train.lr",
+        scale: Scale::Log(1.25),
+    },
+    Editable {
+        key: "train.beta",
+        scale: Scale::Log(1.25),
+    },
+    Editable {
+        key: "train.kl_warmup_steps",
+        scale: Scale::Whole(100),
+    },
+    Editable {
+        key: "train.grad_clip",
+        scale: Scale::Linear(0.5),
+    },
+    Editable {
+        key: "train.batch_size",
+        scale: Scale::Doubling,
+    },
+    Editable {
+        key: "train.steps",
+        scale: Scale::Whole(500),
+    },
+    Editable {
+        key: "train.sample_every",
+        scale: Scale::Whole(50),
+    },
+    Editable {
+        key: "train.checkpoint_every",
+        scale: Scale::Whole(100),
+    },
+    Editable {
+        key: "ui.smoothing",
+        scale: Scale::Linear(0.05),
+    },
 ];
 
 /// A change ready to be written to the run's config file.
@@ -111,8 +138,18 @@ pub fn nudge(value: f64, scale: Scale, up: bool) -> f64 {
             }
         }
         Scale::Linear(s) => (if up { value + s } else { value - s }).max(0.0),
-        Scale::Whole(s) => (if up { value + s as f64 } else { value - s as f64 }).max(1.0),
-        Scale::Doubling => (if up { value * 2.0 } else { (value / 2.0).floor() }).max(1.0),
+        Scale::Whole(s) => (if up {
+            value + s as f64
+        } else {
+            value - s as f64
+        })
+        .max(1.0),
+        Scale::Doubling => (if up {
+            value * 2.0
+        } else {
+            (value / 2.0).floor()
+        })
+        .max(1.0),
     }
 }
 
@@ -142,14 +179,20 @@ impl HyperEditor {
     /// Answers a key while the panel has focus; `Some` is an edit to write. The bool says
     /// whether the key was used.
     pub fn on_key(&mut self, key: KeyEvent, config: Option<&Config>) -> (bool, Option<Edit>) {
-        let Some(config) = config else { return (false, None) };
+        let Some(config) = config else {
+            return (false, None);
+        };
         if self.typing() {
             return (true, self.on_typing_key(key));
         }
         let n = EDITABLE.len();
         match key.code {
-            KeyCode::Char('j') | KeyCode::Down if self.draft.is_none() => self.selected = (self.selected + 1) % n,
-            KeyCode::Char('k') | KeyCode::Up if self.draft.is_none() => self.selected = (self.selected + n - 1) % n,
+            KeyCode::Char('j') | KeyCode::Down if self.draft.is_none() => {
+                self.selected = (self.selected + 1) % n
+            }
+            KeyCode::Char('k') | KeyCode::Up if self.draft.is_none() => {
+                self.selected = (self.selected + n - 1) % n
+            }
             KeyCode::Char('+' | '=') => self.nudge_draft(config, true),
             KeyCode::Char('-' | '_') => self.nudge_draft(config, false),
             KeyCode::Enter if self.draft.is_some() => return (true, self.finish()),
@@ -167,7 +210,13 @@ impl HyperEditor {
         let index = self.selected;
         if self.draft.as_ref().is_none_or(|d| d.index != index) {
             let base = value_of(config, EDITABLE[index].key);
-            self.draft = Some(Draft { index, base, value: base, typed: None, error: None });
+            self.draft = Some(Draft {
+                index,
+                base,
+                value: base,
+                typed: None,
+                error: None,
+            });
         }
         self.draft.as_mut().expect("a draft was just made")
     }
@@ -183,7 +232,9 @@ impl HyperEditor {
         let d = self.draft.as_mut()?;
         let typed = d.typed.as_mut()?;
         match key.code {
-            KeyCode::Char(c) if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+') => typed.push(c),
+            KeyCode::Char(c) if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+') => {
+                typed.push(c)
+            }
             KeyCode::Backspace => {
                 typed.pop();
             }
@@ -198,7 +249,11 @@ impl HyperEditor {
                         return self.finish();
                     }
                     _ => {
-                        let what = if whole(scale) { "a whole number" } else { "a number ≥ 0" };
+                        let what = if whole(scale) {
+                            "a whole number"
+                        } else {
+                            "a number ≥ 0"
+                        };
                         d.error = Some(format!("`{text}` is not {what}"));
                     }
                 }
@@ -211,13 +266,29 @@ impl HyperEditor {
     fn finish(&mut self) -> Option<Edit> {
         let d = self.draft.take()?;
         let e = EDITABLE[d.index];
-        Some(Edit { key: e.key, value: d.value, base: d.base, whole: whole(e.scale) })
+        Some(Edit {
+            key: e.key,
+            value: d.value,
+            base: d.base,
+            whole: whole(e.scale),
+        })
     }
 
     /// Draws the editable settings, the selected one highlighted, into `area`.
-    pub fn render(&self, area: Rect, buf: &mut Buffer, config: Option<&Config>, focused: bool, theme: &Theme) {
+    pub fn render(
+        &self,
+        area: Rect,
+        buf: &mut Buffer,
+        config: Option<&Config>,
+        focused: bool,
+        theme: &Theme,
+    ) {
         let Some(config) = config else {
-            Paragraph::new(Span::styled("waiting for the run's config.toml…", theme.dim)).render(area, buf);
+            Paragraph::new(Span::styled(
+                "waiting for the run's config.toml…",
+                theme.dim,
+            ))
+            .render(area, buf);
             return;
         };
         let rows = usize::from(area.height).saturating_sub(1).max(1);
@@ -234,18 +305,27 @@ impl HyperEditor {
             let mut spans = vec![Span::styled(format!("{label:<17}"), theme.dim)];
             match self.draft.as_ref().filter(|d| d.index == i) {
                 Some(d) => {
-                    let shown = d.typed.clone().map_or_else(|| show(d.value, e.scale), |t| format!("{t}▏"));
+                    let shown = d
+                        .typed
+                        .clone()
+                        .map_or_else(|| show(d.value, e.scale), |t| format!("{t}▏"));
                     spans.push(Span::styled(format!("{current} → "), theme.text));
                     spans.push(Span::styled(shown, theme.warn));
                 }
                 None => spans.push(Span::styled(format!("{current}{when}"), theme.text)),
             }
-            let style = if focused && i == self.selected { theme.selection } else { theme.text };
+            let style = if focused && i == self.selected {
+                theme.selection
+            } else {
+                theme.text
+            };
             lines.push(Line::from(spans).style(style));
         }
         let hint = match &self.draft {
             Some(Draft { error: Some(e), .. }) => Span::styled(e.clone(), theme.error),
-            Some(Draft { typed: Some(_), .. }) => Span::styled("type a value · Enter apply · Esc cancel", theme.dim),
+            Some(Draft { typed: Some(_), .. }) => {
+                Span::styled("type a value · Enter apply · Esc cancel", theme.dim)
+            }
             Some(_) => Span::styled("+/- change · Enter apply · Esc cancel", theme.dim),
             None if focused => Span::styled("j/k pick · +/- change · e type", theme.dim),
             None => Span::styled("focus this panel (h/l or click) to edit", theme.dim),
@@ -261,7 +341,8 @@ mod tests {
     use crossterm::event::KeyModifiers;
 
     fn press(ed: &mut HyperEditor, code: KeyCode, c: &Config) -> Option<Edit> {
-        ed.on_key(KeyEvent::new(code, KeyModifiers::NONE), Some(c)).1
+        ed.on_key(KeyEvent::new(code, KeyModifiers::NONE), Some(c))
+            .1
     }
 
     #[test]
@@ -280,12 +361,18 @@ mod tests {
     #[test]
     fn typed_values_are_checked_and_whole_numbers_stay_whole() {
         let c = Config::default();
-        let mut ed = HyperEditor { selected: 4, ..Default::default() };
+        let mut ed = HyperEditor {
+            selected: 4,
+            ..Default::default()
+        };
         press(&mut ed, KeyCode::Char('e'), &c);
         for ch in "12.5".chars() {
             press(&mut ed, KeyCode::Char(ch), &c);
         }
-        assert!(press(&mut ed, KeyCode::Enter, &c).is_none(), "12.5 is no batch size");
+        assert!(
+            press(&mut ed, KeyCode::Enter, &c).is_none(),
+            "12.5 is no batch size"
+        );
         assert!(ed.typing());
         for _ in 0..4 {
             press(&mut ed, KeyCode::Backspace, &c);
@@ -294,7 +381,10 @@ mod tests {
             press(&mut ed, KeyCode::Char(ch), &c);
         }
         let edit = press(&mut ed, KeyCode::Enter, &c).expect("an edit");
-        assert_eq!((edit.key, edit.value, edit.whole), ("train.batch_size", 32.0, true));
+        assert_eq!(
+            (edit.key, edit.value, edit.whole),
+            ("train.batch_size", 32.0, true)
+        );
     }
 
     #[test]

@@ -28,11 +28,22 @@ pub const fn key(keys: &'static str, what: &'static str) -> KeyHelp {
 
 /// A bordered panel with a title, its border highlighted when focused.
 pub fn panel<'a>(title: impl Into<String>, focused: bool, theme: &Theme) -> Block<'a> {
-    let border = if focused { theme.border_focus } else { theme.border };
+    let border = if focused {
+        theme.border_focus
+    } else {
+        theme.border
+    };
     Block::bordered()
-        .border_type(if focused { BorderType::Thick } else { BorderType::Rounded })
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Rounded
+        })
         .border_style(border)
-        .title(Line::from(Span::styled(format!(" {} ", title.into()), theme.title)))
+        .title(Line::from(Span::styled(
+            format!(" {} ", title.into()),
+            theme.title,
+        )))
 }
 
 /// Whether a point lies in a rectangle.
@@ -42,5 +53,8 @@ pub fn contains(rect: Rect, x: u16, y: u16) -> bool {
 
 /// A `label value` line with the label dimmed.
 pub fn field<'a>(label: &str, value: String, theme: &Theme) -> Line<'a> {
-    Line::from(vec![Span::styled(format!("{label} "), theme.dim), Span::styled(value, theme.text)])
+    Line::from(vec![
+        Span::styled(format!("{label} "), theme.dim),
+        Span::styled(value, theme.text),
+    ])
 }

@@ -6,7 +6,9 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Chart, Dataset, Gauge, GraphType, Paragraph, Sparkline, Widget, Wrap};
+use ratatui::widgets::{
+    Axis, Chart, Dataset, Gauge, GraphType, Paragraph, Sparkline, Widget, Wrap,
+};
 
 use super::hyper::{Edit, HyperEditor};
 use super::{contains, field, key, panel, KeyHelp};
@@ -39,22 +41,38 @@ pub enum Panel {
 }
 
 impl Panel {
-    const ORDER: [Panel; 6] =
-        [Panel::Progress, Panel::Losses, Panel::Hyper, Panel::Chart, Panel::Log, Panel::Sample];
+    const ORDER: [Panel; 6] = [
+        Panel::Progress,
+        Panel::Losses,
+        Panel::Hyper,
+        Panel::Chart,
+        Panel::Log,
+        Panel::Sample,
+    ];
 
     fn cycle(self, forward: bool) -> Panel {
         let i = Self::ORDER.iter().position(|p| *p == self).unwrap_or(0);
         let n = Self::ORDER.len();
-        Self::ORDER[if forward { (i + 1) % n } else { (i + n - 1) % n }]
+        Self::ORDER[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
     }
 }
 
 /// The keys of the training screen.
 pub const KEYS: [KeyHelp; 10] = [
     key("t / T", "next / previous series on the chart"),
-    key("+ / -", "more / less smoothing (chart); change a setting (hyperparameters)"),
+    key(
+        "+ / -",
+        "more / less smoothing (chart); change a setting (hyperparameters)",
+    ),
     key("j k / e", "hyperparameters: pick a setting / type a value"),
-    key("Enter / Esc", "hyperparameters: apply the change / cancel it"),
+    key(
+        "Enter / Esc",
+        "hyperparameters: apply the change / cancel it",
+    ),
     key("v", "show / hide validation on the chart"),
     key("h l ← →", "focus the previous / next panel"),
     key("j k ↓ ↑", "scroll the log, or change series (chart)"),
@@ -140,7 +158,11 @@ impl TrainingScreen {
             self.series = self.series.cycle(!back);
             return;
         }
-        self.log_scroll = if back { (self.log_scroll + by).min(max) } else { self.log_scroll.saturating_sub(by) };
+        self.log_scroll = if back {
+            (self.log_scroll + by).min(max)
+        } else {
+            self.log_scroll.saturating_sub(by)
+        };
     }
 
     /// Focuses the panel under a click; true when one was hit.
@@ -155,9 +177,17 @@ impl TrainingScreen {
     }
 
     /// Draws the dashboard into `area`.
-    pub fn render(&mut self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme, sample: &mut SampleView) {
+    pub fn render(
+        &mut self,
+        area: Rect,
+        buf: &mut Buffer,
+        data: &RunData,
+        theme: &Theme,
+        sample: &mut SampleView,
+    ) {
         let left_w = (area.width * 2 / 5).clamp(34.min(area.width), 52);
-        let [left, right] = Layout::horizontal([Constraint::Length(left_w), Constraint::Fill(1)]).areas(area);
+        let [left, right] =
+            Layout::horizontal([Constraint::Length(left_w), Constraint::Fill(1)]).areas(area);
         // Tall windows give the sample grid the left column's spare rows; short ones put it
         // beside the log.
         let sample_left = area.height >= 36;
@@ -166,15 +196,22 @@ impl TrainingScreen {
         } else {
             (Constraint::Fill(1), Constraint::Length(0))
         };
-        let [progress, losses, hyper, left_rest] =
-            Layout::vertical([Constraint::Length(6), Constraint::Length(8), hyper_c, rest_c]).areas(left);
+        let [progress, losses, hyper, left_rest] = Layout::vertical([
+            Constraint::Length(6),
+            Constraint::Length(8),
+            hyper_c,
+            rest_c,
+        ])
+        .areas(left);
         let bottom_h = (area.height / 3).max(8);
-        let [chart, bottom] = Layout::vertical([Constraint::Fill(1), Constraint::Length(bottom_h)]).areas(right);
+        let [chart, bottom] =
+            Layout::vertical([Constraint::Fill(1), Constraint::Length(bottom_h)]).areas(right);
         let (log, sample_area) = if sample_left {
             (bottom, left_rest)
         } else {
             let sample_w = (bottom_h.saturating_sub(2) * 2 + 2).min(bottom.width / 2);
-            let [log, s] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(sample_w)]).areas(bottom);
+            let [log, s] = Layout::horizontal([Constraint::Fill(1), Constraint::Length(sample_w)])
+                .areas(bottom);
             (log, s)
         };
         self.panels = vec![
@@ -198,10 +235,15 @@ impl TrainingScreen {
         let block = panel("progress", self.focus == Panel::Progress, theme);
         let inner = block.inner(area);
         block.render(area, buf);
-        let [step_row, gauge_row, speed_row, eta_row] = Layout::vertical([Constraint::Length(1); 4]).areas(inner);
+        let [step_row, gauge_row, speed_row, eta_row] =
+            Layout::vertical([Constraint::Length(1); 4]).areas(inner);
 
         let (step, total) = (data.step(), data.total_steps());
-        let pct = if total > 0 { 100.0 * step as f64 / total as f64 } else { 0.0 };
+        let pct = if total > 0 {
+            100.0 * step as f64 / total as f64
+        } else {
+            0.0
+        };
         let step_line = Line::from(vec![
             Span::styled("step ", theme.dim),
             Span::styled(format!("{step}"), theme.title),
@@ -209,7 +251,11 @@ impl TrainingScreen {
         ]);
         Paragraph::new(step_line).render(step_row, buf);
         let epoch = data.last_step().map_or(0.0, |r| r.epoch);
-        let label = format!("epoch {} · {:.0}%", epoch.floor() as u64 + 1, epoch.fract() * 100.0);
+        let label = format!(
+            "epoch {} · {:.0}%",
+            epoch.floor() as u64 + 1,
+            epoch.fract() * 100.0
+        );
         Gauge::default()
             .gauge_style(theme.gauge)
             .style(theme.text)
@@ -241,10 +287,15 @@ impl TrainingScreen {
         let inner = block.inner(area);
         block.render(area, buf);
         let rows = Layout::vertical([Constraint::Length(2); 3]).split(inner);
-        let spark_series = [(Series::Total, theme.total), (Series::Recon, theme.recon), (Series::Kl, theme.kl)];
+        let spark_series = [
+            (Series::Total, theme.total),
+            (Series::Recon, theme.recon),
+            (Series::Kl, theme.kl),
+        ];
 
         for ((s, style), row) in spark_series.into_iter().zip(rows.iter()) {
-            let [label, spark] = Layout::horizontal([Constraint::Length(13), Constraint::Fill(1)]).areas(*row);
+            let [label, spark] =
+                Layout::horizontal([Constraint::Length(13), Constraint::Fill(1)]).areas(*row);
             let values: Vec<f64> = data.steps.iter().map(|r| s.of(r)).collect();
             let trend = series::trend(&values, series::TREND_WINDOW);
             let trend_style = match trend {
@@ -255,7 +306,10 @@ impl TrainingScreen {
             let marker = if s == self.series { "▸" } else { " " };
             let latest = values.last().map_or("–".to_string(), |v| fmt_value(*v));
             let text = vec![
-                Line::from(vec![Span::styled(marker, theme.title), Span::styled(s.label(), style)]),
+                Line::from(vec![
+                    Span::styled(marker, theme.title),
+                    Span::styled(s.label(), style),
+                ]),
                 Line::from(vec![
                     Span::styled(format!(" {latest} "), theme.text),
                     Span::styled(trend.arrow(), trend_style),
@@ -263,30 +317,42 @@ impl TrainingScreen {
             ];
             Paragraph::new(text).render(label, buf);
             let tail = &values[values.len().saturating_sub(spark.width as usize)..];
-            Sparkline::default().data(series::spark_bars(tail)).style(style).render(spark, buf);
+            Sparkline::default()
+                .data(series::spark_bars(tail))
+                .style(style)
+                .render(spark, buf);
         }
     }
 
     /// Whether keys should reach this screen before the global ones (a value is being typed).
     pub fn captures_keys(&self, key: &KeyEvent) -> bool {
         self.focus == Panel::Hyper
-            && (self.hyper.typing() || (self.hyper.editing() && matches!(key.code, KeyCode::Esc | KeyCode::Enter)))
+            && (self.hyper.typing()
+                || (self.hyper.editing() && matches!(key.code, KeyCode::Esc | KeyCode::Enter)))
     }
 
     fn render_hyper(&self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme) {
         let focused = self.focus == Panel::Hyper;
-        let title = if focused { "hyperparameters · edit" } else { "hyperparameters" };
+        let title = if focused {
+            "hyperparameters · edit"
+        } else {
+            "hyperparameters"
+        };
         let block = panel(title, focused, theme);
         let inner = block.inner(area);
         block.render(area, buf);
         if focused {
-            self.hyper.render(inner, buf, data.config.as_ref(), true, theme);
+            self.hyper
+                .render(inner, buf, data.config.as_ref(), true, theme);
             return;
         }
         let entries = hyper_entries(data);
 
         if inner.height as usize >= entries.len() {
-            let lines: Vec<Line> = entries.into_iter().map(|(k, v)| field(&format!("{k:<7}"), v, theme)).collect();
+            let lines: Vec<Line> = entries
+                .into_iter()
+                .map(|(k, v)| field(&format!("{k:<7}"), v, theme))
+                .collect();
             Paragraph::new(lines).render(inner, buf);
             return;
         }
@@ -297,7 +363,11 @@ impl TrainingScreen {
                 let mut spans = Vec::new();
                 for (i, (k, v)) in pair.iter().enumerate() {
                     let cell = v.clone();
-                    let width = if i == 0 { (half as usize).saturating_sub(k.len() + 1) } else { cell.len() };
+                    let width = if i == 0 {
+                        (half as usize).saturating_sub(k.len() + 1)
+                    } else {
+                        cell.len()
+                    };
                     spans.push(Span::styled(format!("{k} "), theme.dim));
                     spans.push(Span::styled(format!("{cell:<width$}"), theme.text));
                 }
@@ -314,24 +384,43 @@ impl TrainingScreen {
             Series::Kl => theme.kl,
             Series::Beta | Series::Lr => theme.text,
         };
-        let val_note = if self.show_val && self.series.has_validation() { " · • val" } else { "" };
-        let title = format!("{} · smoothing {:.2}{val_note}", self.series.label(), self.smoothing);
+        let val_note = if self.show_val && self.series.has_validation() {
+            " · • val"
+        } else {
+            ""
+        };
+        let title = format!(
+            "{} · smoothing {:.2}{val_note}",
+            self.series.label(),
+            self.smoothing
+        );
         let block = panel(title, self.focus == Panel::Chart, theme);
         let raw = self.series.points(data);
         if raw.is_empty() {
             let inner = block.inner(area);
             block.render(area, buf);
-            Paragraph::new(Span::styled("waiting for the first logged step…", theme.dim)).render(inner, buf);
+            Paragraph::new(Span::styled(
+                "waiting for the first logged step…",
+                theme.dim,
+            ))
+            .render(inner, buf);
             return;
         }
 
         let max_points = usize::from(area.width.max(2)) * 4;
         let ys: Vec<f64> = raw.iter().map(|p| p.1).collect();
-        let smooth: Vec<(f64, f64)> =
-            raw.iter().zip(series::ema(&ys, self.smoothing)).map(|(p, y)| (p.0, y)).collect();
+        let smooth: Vec<(f64, f64)> = raw
+            .iter()
+            .zip(series::ema(&ys, self.smoothing))
+            .map(|(p, y)| (p.0, y))
+            .collect();
         let raw = series::thin(&raw, max_points);
         let smooth = series::thin(&smooth, max_points);
-        let vals = if self.show_val { self.series.val_points(data) } else { Vec::new() };
+        let vals = if self.show_val {
+            self.series.val_points(data)
+        } else {
+            Vec::new()
+        };
         let (x0, x1) = (raw[0].0, raw[raw.len() - 1].0.max(raw[0].0 + 1.0));
         let (y0, y1) = bounds(raw.iter().chain(&vals).map(|p| p.1));
         let markers: Vec<[(f64, f64); 2]> = data
@@ -344,26 +433,65 @@ impl TrainingScreen {
 
         let mut datasets = Vec::new();
         for m in &markers {
-            datasets.push(Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(theme.marker).data(m));
+            datasets.push(
+                Dataset::default()
+                    .marker(Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(theme.marker)
+                    .data(m),
+            );
         }
         if self.smoothing > 0.0 {
-            datasets.push(Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(theme.raw).data(&raw));
+            datasets.push(
+                Dataset::default()
+                    .marker(Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(theme.raw)
+                    .data(&raw),
+            );
         }
-        datasets.push(Dataset::default().marker(Marker::Braille).graph_type(GraphType::Line).style(style).data(&smooth));
-        datasets.push(Dataset::default().marker(Marker::Dot).graph_type(GraphType::Scatter).style(theme.val).data(&vals));
-        let x_labels = [x0, (x0 + x1) / 2.0, x1].map(|v| Span::styled(format!("{v:.0}"), theme.dim));
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(style)
+                .data(&smooth),
+        );
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Scatter)
+                .style(theme.val)
+                .data(&vals),
+        );
+        let x_labels =
+            [x0, (x0 + x1) / 2.0, x1].map(|v| Span::styled(format!("{v:.0}"), theme.dim));
         let y_labels = [y0, (y0 + y1) / 2.0, y1].map(|v| Span::styled(fmt_value(v), theme.dim));
         Chart::new(datasets)
             .block(block)
             .style(theme.text)
             .legend_position(None)
-            .x_axis(Axis::default().style(theme.border).bounds([x0, x1]).labels(x_labels))
-            .y_axis(Axis::default().style(theme.border).bounds([y0, y1]).labels(y_labels))
+            .x_axis(
+                Axis::default()
+                    .style(theme.border)
+                    .bounds([x0, x1])
+                    .labels(x_labels),
+            )
+            .y_axis(
+                Axis::default()
+                    .style(theme.border)
+                    .bounds([y0, y1])
+                    .labels(y_labels),
+            )
             .render(area, buf);
     }
 
     fn render_log(&self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme) {
-        let title = if self.log_scroll > 0 { format!("log · ↑{}", self.log_scroll) } else { "log".to_string() };
+        let title = if self.log_scroll > 0 {
+            format!("log · ↑{}", self.log_scroll)
+        } else {
+            "log".to_string()
+        };
         let block = panel(title, self.focus == Panel::Log, theme);
         let inner = block.inner(area);
         block.render(area, buf);
@@ -381,8 +509,15 @@ impl TrainingScreen {
                     LogLevel::Error => theme.error,
                 };
                 // Narrow panels keep their width for the message.
-                let time = if l.time.is_empty() || inner.width < 48 { String::new() } else { format!("{} ", l.time) };
-                Line::from(vec![Span::styled(time, theme.dim), Span::styled(l.text.clone(), style)])
+                let time = if l.time.is_empty() || inner.width < 48 {
+                    String::new()
+                } else {
+                    format!("{} ", l.time)
+                };
+                Line::from(vec![
+                    Span::styled(time, theme.dim),
+                    Span::styled(l.text.clone(), style),
+                ])
             })
             .collect();
         if lines.is_empty() {
@@ -413,7 +548,9 @@ impl TrainingScreen {
         } else if sample.has_image() {
             sample.render(inner, buf, theme.image);
         } else {
-            Paragraph::new(Span::styled("no sample yet", theme.dim)).wrap(Wrap { trim: true }).render(inner, buf);
+            Paragraph::new(Span::styled("no sample yet", theme.dim))
+                .wrap(Wrap { trim: true })
+                .render(inner, buf);
         }
     }
 }
@@ -424,16 +561,50 @@ pub fn hyper_entries(data: &RunData) -> Vec<(&'static str, String)> {
     let c = data.config.as_ref();
     let status = data.status.as_ref();
     let or_dash = |v: Option<String>| v.unwrap_or_else(|| "–".into());
-    let dataset = status.filter(|s| !s.dataset.is_empty()).map(|s| s.dataset.clone());
+    let dataset = status
+        .filter(|s| !s.dataset.is_empty())
+        .map(|s| s.dataset.clone());
     vec![
-        ("lr", or_dash(last.map(|r| format!("{:.2e}", r.lr)).or(c.map(|c| format!("{:.2e}", c.train.lr))))),
-        ("beta", or_dash(last.map(|r| fmt_value(r.beta)).or(c.map(|c| fmt_value(c.train.beta))))),
+        (
+            "lr",
+            or_dash(
+                last.map(|r| format!("{:.2e}", r.lr))
+                    .or(c.map(|c| format!("{:.2e}", c.train.lr))),
+            ),
+        ),
+        (
+            "beta",
+            or_dash(
+                last.map(|r| fmt_value(r.beta))
+                    .or(c.map(|c| fmt_value(c.train.beta))),
+            ),
+        ),
         ("batch", or_dash(c.map(|c| c.train.batch_size.to_string()))),
         ("latent", or_dash(c.map(|c| c.model.latent.to_string()))),
-        ("image", or_dash(c.map(|c| format!("{}px×{}", c.model.image_size, c.model.channels)))),
-        ("device", or_dash(status.filter(|s| !s.device.is_empty()).map(|s| s.device.clone()))),
-        ("data", or_dash(dataset.or(c.map(|c| c.data.source.clone())))),
-        ("params", or_dash(status.filter(|s| s.parameters > 0).map(|s| s.parameters.to_string()))),
+        (
+            "image",
+            or_dash(c.map(|c| format!("{}px×{}", c.model.image_size, c.model.channels))),
+        ),
+        (
+            "device",
+            or_dash(
+                status
+                    .filter(|s| !s.device.is_empty())
+                    .map(|s| s.device.clone()),
+            ),
+        ),
+        (
+            "data",
+            or_dash(dataset.or(c.map(|c| c.data.source.clone()))),
+        ),
+        (
+            "params",
+            or_dash(
+                status
+                    .filter(|s| s.parameters > 0)
+                    .map(|s| s.parameters.to_string()),
+            ),
+        ),
     ]
 }
 
@@ -441,7 +612,9 @@ pub fn hyper_entries(data: &RunData) -> Vec<(&'static str, String)> {
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     if !lo.is_finite() {
         return (0.0, 1.0);
     }

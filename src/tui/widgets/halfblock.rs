@@ -29,7 +29,10 @@ pub struct SampleView {
 impl SampleView {
     /// A view of an image already in memory.
     pub fn from_image(image: RgbImage) -> Self {
-        Self { image: Some(image), ..Default::default() }
+        Self {
+            image: Some(image),
+            ..Default::default()
+        }
     }
 
     /// Shows the PNG at `path`, decoding it only when it is a different file from before.
@@ -69,15 +72,21 @@ impl SampleView {
     /// Draws the image as large as fits `area`, keeping its aspect, centred.
     pub fn render(&mut self, area: Rect, buf: &mut Buffer, mode: ImageMode) {
         let Some(image) = &self.image else { return };
-        let (w, h) = fit(image.dimensions(), (u32::from(area.width), u32::from(area.height) * 2));
+        let (w, h) = fit(
+            image.dimensions(),
+            (u32::from(area.width), u32::from(area.height) * 2),
+        );
         if w == 0 || h == 0 {
             return;
         }
         if self.scaled.as_ref().is_none_or(|(size, _)| *size != (w, h)) {
-            let scaled = image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
+            let scaled =
+                image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle);
             self.scaled = Some(((w, h), scaled));
         }
-        let Some((_, scaled)) = &self.scaled else { return };
+        let Some((_, scaled)) = &self.scaled else {
+            return;
+        };
         let x0 = area.x + (area.width - w as u16) / 2;
         let y0 = area.y + (area.height - h.div_ceil(2) as u16) / 2;
         draw(scaled, x0, y0, buf, mode);
@@ -112,7 +121,11 @@ pub fn draw(img: &RgbImage, x0: u16, y0: u16, buf: &mut Buffer, mode: ImageMode)
                 break;
             }
             let upper = img.get_pixel(px, cy * 2).0;
-            let lower = if cy * 2 + 1 < h { Some(img.get_pixel(px, cy * 2 + 1).0) } else { None };
+            let lower = if cy * 2 + 1 < h {
+                Some(img.get_pixel(px, cy * 2 + 1).0)
+            } else {
+                None
+            };
             let cell = &mut buf[(x as u16, y as u16)];
             match mode {
                 ImageMode::Color => {
@@ -156,7 +169,10 @@ mod tests {
         let mut buf = Buffer::empty(Rect::new(0, 0, 4, 2));
         draw(&img, 1, 0, &mut buf, ImageMode::Color);
         let c = &buf[(1, 0)];
-        assert_eq!((c.symbol(), c.fg, c.bg), ("▀", Color::Rgb(255, 0, 0), Color::Rgb(0, 0, 255)));
+        assert_eq!(
+            (c.symbol(), c.fg, c.bg),
+            ("▀", Color::Rgb(255, 0, 0), Color::Rgb(0, 0, 255))
+        );
         let mut mono = Buffer::empty(Rect::new(0, 0, 4, 2));
         draw(&img, 0, 0, &mut mono, ImageMode::Shade);
         assert_eq!(mono[(0, 0)].fg, Color::Reset);
