@@ -411,8 +411,11 @@ fn studio_or_headless(
     theme: Option<String>,
     graphics: Option<String>,
 ) -> Result<()> {
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        eprintln!("facestudio: stdout is not a terminal, so the studio cannot be drawn; training headless (use `facestudio train --headless` to say so)");
+    if let Some(why) = crate::tui::terminal::unfit_reason() {
+        eprintln!(
+            "facestudio: {why}, so the studio cannot be drawn; training headless \
+             (use `facestudio train --headless` to say so, or `facestudio watch` from a terminal)"
+        );
         return headless(&args);
     }
     // Validate before the studio takes the screen, so errors print plainly.

@@ -398,3 +398,103 @@ fn a_beta_edit_in_the_config_file_reaches_the_screen_and_the_metrics() {
     tmux.keys(&["q", "s"]);
     tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));
 }
+
+/// The window size tmux reports for the pane.
+fn pane_size(tmux: &Tmux) -> String {
+    let out = tmux
+        .cmd(&["display", "-p", "#{pane_width}x#{pane_height}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn resize_storms_and_a_20x5_window_leave_the_studio_working() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let cmd = format!("'{}' --run storm", bin().display());
+    let tmux = Tmux::start("storm", dir.path(), &cmd);
+    tmux.wait_for("the dashboard", 120, |s| {
+        s.contains("progress") && status_step(s).is_some()
+    });
+
+    // A storm: sizes from tiny to large, a few milliseconds apart, as a window manager sends
+    // them while a window is dragged.
+    let sizes = [
+        (20, 5),
+        (200, 60),
+        (81, 23),
+        (30, 8),
+        (160, 48),
+        (79, 24),
+        (20, 5),
+    ];
+    for i in 0..70 {
+        let (w, h) = sizes[i % sizes.len()];
+        tmux.cmd(&["resize-window", "-x", &w.to_string(), "-y", &h.to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    tmux.cmd(&["resize-window", "-x", "20", "-y", "5"])
+        .status()
+        .unwrap();
+    assert_eq!(pane_size(&tmux), "20x5");
+    let tiny = tmux.wait_for("a compact view at 20x5", 10, |s| {
+        s.lines().any(|l| l.contains("step"))
+    });
+    assert!(!tiny.contains("STUDIO-EXITED"), "{tiny}");
+
+    tmux.cmd(&["resize-window", "-x", "100", "-y", "30"])
+        .status()
+        .unwrap();
+    let back = tmux.wait_for("the full dashboard again", 10, |s| {
+        s.contains("hyperparameters") && s.contains("losses")
+    });
+    let step = status_step(&back).unwrap();
+    tmux.wait_for("training to go on", 60, |s| {
+        status_step(s).is_some_and(|n| n > step)
+    });
+    tmux.keys(&["?"]);
+    tmux.wait_for("the help", 10, |s| s.contains("keys · Training"));
+    tmux.keys(&["Escape", "q"]);
+    tmux.wait_for("the quit dialog", 10, |s| s.contains("Stop training"));
+    tmux.keys(&["s"]);
+    tmux.wait_for("the studio to exit", 120, |s| s.contains("STUDIO-EXITED-0"));
+    assert_eq!(tmux.alternate_on(), "0");
+}
+
+#[test]
+fn a_dumb_terminal_gets_headless_training_and_a_reason() {
+    if !have_tmux() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path());
+    let cmd = format!("TERM=dumb '{}' --run dumb --steps 3", bin().display());
+    let tmux = Tmux::start("dumb", dir.path(), &cmd);
+    let end = tmux.wait_for("the headless run to end", 120, |s| {
+        s.contains("STUDIO-EXITED-")
+    });
+    assert!(end.contains("STUDIO-EXITED-0"), "{end}");
+    assert!(
+        end.contains("TERM=dumb") && end.contains("headless"),
+        "{end}"
+    );
+    assert!(end.contains("finished at step 3"), "{end}");
+    assert_eq!(tmux.alternate_on(), "0");
+
+    let cmd = format!("TERM=dumb '{}' watch runs/dumb", bin().display());
+    let tmux = Tmux::start("dumbwatch", dir.path(), &cmd);
+    let end = tmux.wait_for("watch to refuse", 30, |s| s.contains("STUDIO-EXITED-"));
+    assert!(
+        !end.contains("STUDIO-EXITED-0"),
+        "watch drew on a dumb terminal:\n{end}"
+    );
+    assert!(end.contains("TERM=dumb"), "{end}");
+}

@@ -122,6 +122,9 @@ impl Watched {
 
 /// Runs the studio until the user quits.
 pub fn run(opts: StudioOptions) -> Result<()> {
+    if let Some(why) = terminal::unfit_reason() {
+        anyhow::bail!("the studio cannot be drawn here: {why}");
+    }
     let (mut session, log) = prepare(&opts)?;
     choose_graphics(&mut session.app, opts.graphics.as_deref())?;
     let result = {

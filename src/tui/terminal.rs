@@ -34,6 +34,28 @@ pub fn pending_signal() -> Option<i32> {
     }
 }
 
+/// Why the studio cannot draw here, or `None` when it can.
+///
+/// The studio needs a terminal on both ends (keys in, a screen out) that can move its cursor:
+/// `TERM=dumb` (Emacs shells, some CI logs) says it cannot, and drawing there only fills the
+/// log with escape sequences.
+pub fn unfit_reason() -> Option<String> {
+    use std::io::IsTerminal;
+
+    if !io::stdout().is_terminal() {
+        return Some("stdout is not a terminal".into());
+    }
+    if !io::stdin().is_terminal() {
+        return Some("stdin is not a terminal".into());
+    }
+    match std::env::var("TERM") {
+        Ok(t) if t == "dumb" => {
+            Some("the terminal is dumb (TERM=dumb): it cannot move the cursor".into())
+        }
+        _ => None,
+    }
+}
+
 /// Owns the terminal while the studio runs; restores it when dropped.
 pub struct TerminalGuard {
     /// The ratatui terminal.
