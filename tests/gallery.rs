@@ -218,8 +218,42 @@ fn decision(p: ProtocolType) -> Decision {
         protocol: p,
         cell: (4, 8),
         tmux: false,
+        kitty_direct: false,
         why: "test".into(),
     }
+}
+
+#[test]
+fn kitty_without_placeholders_is_placed_at_the_cursor() {
+    // kitty before 0.28 (and Konsole, which names no version) cannot draw placeholders.
+    let old = b"\x1bP>|kitty(0.26.5)\x1b\\\x1b_Gi=31;OK\x1b\\\x1b[?62;c\x1b[6;20;10t\x1b[0n";
+    let new = b"\x1bP>|kitty(0.35.2)\x1b\\\x1b_Gi=31;OK\x1b\\\x1b[?62;c\x1b[6;20;10t\x1b[0n";
+    let konsole =
+        b"\x1bP>|Konsole 22.12.3\x1b\\\x1b_Gi=31;OK\x1b\\\x1b[?62;1;4c\x1b[6;20;10t\x1b[0n";
+    let e = env("xterm-kitty");
+    let reply = graphics::parse_reply(old);
+    assert_eq!(reply.version.as_deref(), Some("kitty(0.26.5)"));
+    let d = graphics::decide(Choice::Auto, Some(&reply), &e, None);
+    assert!(d.protocol == ProtocolType::Kitty && d.kitty_direct);
+    let d = graphics::decide(Choice::Auto, Some(&graphics::parse_reply(new)), &e, None);
+    assert!(d.protocol == ProtocolType::Kitty && !d.kitty_direct);
+    let d = graphics::decide(
+        Choice::Auto,
+        Some(&graphics::parse_reply(konsole)),
+        &e,
+        None,
+    );
+    assert!(d.protocol == ProtocolType::Kitty && d.kitty_direct);
+    // Inside tmux only placeholders survive, whatever the version.
+    let d = graphics::decide(Choice::Auto, Some(&reply), &env("tmux-256color"), None);
+    assert!(!d.kitty_direct);
+
+    let mut direct = decision(ProtocolType::Kitty);
+    direct.kitty_direct = true;
+    let out = graphics::escape_output(&direct, &known_image(), Size::new(2, 1)).unwrap();
+    assert!(out.starts_with("\x1b_Ga=T,f=100,"), "{:?}", &out[..40]);
+    assert!(out.contains("C=1") && out.contains("q=2") && out.ends_with("\x1b\\"));
+    assert!(!out.contains('\u{10EEEE}'), "no placeholders");
 }
 
 #[test]
@@ -509,11 +543,12 @@ fn gallery_redraw_timings_per_protocol() {
     // to an in-memory terminal, for each protocol. Printed for the closing note.
     let dir = tempfile::tempdir().unwrap();
     let run = trained(dir.path());
-    for p in [
-        ProtocolType::Halfblocks,
-        ProtocolType::Kitty,
-        ProtocolType::Sixel,
-        ProtocolType::Iterm2,
+    for (p, kitty_direct) in [
+        (ProtocolType::Halfblocks, false),
+        (ProtocolType::Kitty, false),
+        (ProtocolType::Kitty, true),
+        (ProtocolType::Sixel, false),
+        (ProtocolType::Iterm2, false),
     ] {
         let mut data = RunData::new(&run);
         data.config = Some(common::small_config());
@@ -522,6 +557,7 @@ fn gallery_redraw_timings_per_protocol() {
             protocol: p,
             cell: (10, 20),
             tmux: false,
+            kitty_direct,
             why: "bench".into(),
         });
         app.gallery.follow_run(&run);
@@ -547,8 +583,9 @@ fn gallery_redraw_timings_per_protocol() {
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "redraw 160x48 {}: {ms:.1} ms, {bytes} bytes written",
-            graphics::protocol_name(p)
+            "redraw 160x48 {}{}: {ms:.1} ms, {bytes} bytes written",
+            graphics::protocol_name(p),
+            if kitty_direct { " (direct)" } else { "" }
         );
         assert!(bytes > 0);
     }

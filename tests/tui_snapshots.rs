@@ -543,6 +543,7 @@ fn gallery_and_browser_status_bar_names_the_protocol() {
         protocol: ProtocolType::Sixel,
         cell: (8, 16),
         tmux: true,
+        kitty_direct: false,
         why: "test".into(),
     };
     app.graphics = decision.label();

@@ -420,8 +420,8 @@ impl App {
                     .render(body, buf, &self.data, &self.theme, &mut self.pictures)
             }
             Screen::Training => {
-                self.training
-                    .render(body, buf, &self.data, &self.theme, &mut self.sample)
+                let (t, p, s) = (&self.theme, &mut self.pictures, &mut self.sample);
+                self.training.render(body, buf, &self.data, t, s, p);
             }
             Screen::Gallery => {
                 let (t, p, s) = (&self.theme, &mut self.pictures, &mut self.sample);

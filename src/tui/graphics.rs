@@ -16,11 +16,10 @@
 //! are encoded (a queued one that is no longer shown is dropped), and because ratatui only
 //! writes cells that changed, an unchanged image is never sent to the terminal again.
 //!
-//! Known shortcoming: ratatui-image places kitty images with unicode placeholders, which
-//! kitty draws only from 0.28 on; kitty 0.26 (Debian 12) answers the graphics query yet shows
-//! the placeholder characters as boxes. Telling the versions apart needs an XTVERSION query
-//! (`CSI > q`) in the detection, which is not done yet; `--graphics halfblocks` or `sixel`
-//! is the way round it there.
+//! Kitty images go through ratatui-image's unicode placeholders only where they work: kitty
+//! 0.28 or newer (told by its XTVERSION answer) and inside tmux, which needs them. Elsewhere
+//! (kitty 0.26 of Debian 12, Konsole, unknown kitty-protocol terminals) they are placed
+//! directly at the cursor ([`kitty::Placement`]) and deleted when a frame no longer shows them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -37,6 +36,8 @@ use ratatui_image::picker::cap_parser::{Parser, QueryStdioOptions, Response};
 use ratatui_image::picker::{Picker, ProtocolType};
 use ratatui_image::protocol::Protocol;
 use ratatui_image::{FontSize, Resize};
+
+use super::widgets::kitty;
 
 use super::theme::ImageMode;
 use super::widgets::halfblock;
@@ -94,12 +95,17 @@ pub struct Reply {
     pub cell: Option<(u16, u16)>,
     /// Device status reports seen (the end marker of each query).
     pub statuses: usize,
+    /// The terminal's name and version from XTVERSION, such as `kitty(0.26.5)`.
+    pub version: Option<String>,
 }
 
 /// Parses the bytes a terminal sent back; anything else in them is ignored.
 pub fn parse_reply(bytes: &[u8]) -> Reply {
     let mut parser = Parser::new();
-    let mut reply = Reply::default();
+    let mut reply = Reply {
+        version: xtversion(bytes),
+        ..Reply::default()
+    };
     for &b in bytes {
         for r in parser.push(char::from(b)) {
             match r {
@@ -112,6 +118,29 @@ pub fn parse_reply(bytes: &[u8]) -> Reply {
         }
     }
     reply
+}
+
+/// The text of an XTVERSION answer (`DCS > | text ST`) among `bytes`.
+fn xtversion(bytes: &[u8]) -> Option<String> {
+    let start = bytes.windows(4).position(|w| w == b"\x1bP>|")? + 4;
+    let len = bytes[start..].windows(2).position(|w| w == b"\x1b\\")?;
+    let text = String::from_utf8_lossy(&bytes[start..start + len]);
+    Some(text.chars().filter(|c| !c.is_control()).take(64).collect())
+}
+
+/// Whether a terminal that speaks kitty's protocol draws unicode placeholders: kitty from 0.28.
+fn draws_placeholders(version: Option<&str>) -> bool {
+    let Some(v) = version.and_then(|v| v.strip_prefix("kitty(")) else {
+        return false;
+    };
+    let mut parts = v
+        .trim_end_matches(')')
+        .split('.')
+        .map(|n| n.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (0, 28),
+        _ => false,
+    }
 }
 
 /// The parts of the environment the choice depends on.
@@ -163,6 +192,8 @@ pub struct Decision {
     pub cell: (u16, u16),
     /// Whether escape sequences are wrapped for tmux passthrough.
     pub tmux: bool,
+    /// Kitty images placed at the cursor rather than through unicode placeholders.
+    pub kitty_direct: bool,
     /// Why, in a few words (for the log).
     pub why: String,
 }
@@ -181,6 +212,7 @@ impl Decision {
             protocol: ProtocolType::Halfblocks,
             cell: DEFAULT_CELL,
             tmux,
+            kitty_direct: false,
             why: why.into(),
         }
     }
@@ -256,10 +288,16 @@ pub fn decide(
         // Pixel protocols need the cell size to fit images into cells.
         return Decision::halfblocks("the terminal did not say its cell size");
     }
+    // Inside tmux only placeholders survive tmux's redraws; elsewhere only kitty 0.28 and
+    // newer draw them.
+    let kitty_direct = protocol == ProtocolType::Kitty
+        && !tmux
+        && !draws_placeholders(reply.and_then(|r| r.version.as_deref()));
     Decision {
         protocol,
         cell: cell.unwrap_or(DEFAULT_CELL),
         tmux,
+        kitty_direct,
         why,
     }
 }
@@ -366,6 +404,11 @@ fn query(tmux: bool) -> Option<Reply> {
         return None;
     }
     let mut text = Parser::query(tmux, QueryStdioOptions::default());
+    if !tmux {
+        // XTVERSION first: its answer (kitty's version) comes before the status report that
+        // ends the wait. Inside tmux it would name tmux, not the terminal.
+        text.insert_str(0, "\x1b[>0q");
+    }
     // Inside tmux also ask tmux itself, so that a reply comes even without passthrough.
     let statuses = if tmux {
         text.push_str("\x1b[5n");
@@ -421,9 +464,33 @@ impl Picture {
 /// A picture at a size in cells.
 type Key = (u64, u16, u16);
 
+/// A picture encoded for the terminal.
+enum Encoded {
+    /// ratatui-image's encoding (sixel, iTerm2, kitty with placeholders).
+    Protocol(Protocol),
+    /// A kitty image placed at the cursor.
+    Kitty(kitty::Placement),
+}
+
+impl Encoded {
+    fn size(&self) -> Size {
+        match self {
+            Self::Protocol(p) => p.size(),
+            Self::Kitty(k) => k.size(),
+        }
+    }
+
+    fn render(&self, area: Rect, buf: &mut Buffer) {
+        match self {
+            Self::Protocol(p) => ratatui_image::Image::new(p).render(area, buf),
+            Self::Kitty(k) => k.render(area, buf),
+        }
+    }
+}
+
 enum Slot {
     Pending,
-    Ready(Box<Protocol>),
+    Ready(Box<Encoded>),
     Failed,
 }
 
@@ -434,7 +501,7 @@ struct Job {
 }
 
 enum Done {
-    Encoded(Key, Box<Protocol>),
+    Encoded(Key, Box<Encoded>),
     Failed(Key, String),
     Dropped(Key),
 }
@@ -456,6 +523,9 @@ pub struct Pictures {
     frame_keys: HashSet<Key>,
     cache: HashMap<Key, (Slot, u64)>,
     scaled: HashMap<Key, (RgbImage, u64)>,
+    /// Kitty images placed directly in this frame, and those still on screen from before.
+    placed: HashSet<u32>,
+    on_screen: HashSet<u32>,
     /// The last encoding error, for the status line.
     pub error: Option<String>,
 }
@@ -475,11 +545,11 @@ impl Pictures {
         } else {
             let (jtx, jrx) = mpsc::channel();
             let (dtx, drx) = mpsc::channel();
-            let picker = decision.picker();
+            let how = decision.clone();
             let shown = Arc::clone(&shown);
             std::thread::Builder::new()
                 .name("encoder".into())
-                .spawn(move || encode_loop(&picker, &jrx, &dtx, &shown))
+                .spawn(move || encode_loop(&how, &jrx, &dtx, &shown))
                 .expect("spawning the encoder thread");
             (Some(jtx), Some(drx))
         };
@@ -492,6 +562,8 @@ impl Pictures {
             frame_keys: HashSet::new(),
             cache: HashMap::new(),
             scaled: HashMap::new(),
+            placed: HashSet::new(),
+            on_screen: HashSet::new(),
             error: None,
         }
     }
@@ -508,6 +580,18 @@ impl Pictures {
             shown.keys = std::mem::take(&mut self.frame_keys);
         }
         self.frame += 1;
+    }
+
+    /// The escape sequences that delete the kitty images the last frame no longer showed;
+    /// write them after the frame. Empty for every other protocol.
+    pub fn take_deletions(&mut self) -> String {
+        let placed = std::mem::take(&mut self.placed);
+        let gone = self.on_screen.difference(&placed);
+        let out = gone
+            .map(|&id| kitty::delete(id, self.decision.tmux))
+            .collect();
+        self.on_screen = placed;
+        out
     }
 
     /// Takes in finished encodings; true when one arrived (the screen should be redrawn).
@@ -531,8 +615,8 @@ impl Pictures {
                 }
             }
         }
-        evict(&mut self.cache, CACHE_CAPACITY);
-        evict(&mut self.scaled, CACHE_CAPACITY);
+        evict(&mut self.cache, CACHE_CAPACITY, self.frame);
+        evict(&mut self.scaled, CACHE_CAPACITY, self.frame);
         changed
     }
 
@@ -567,7 +651,10 @@ impl Pictures {
                     w,
                     h,
                 );
-                ratatui_image::Image::new(p).render(at, buf);
+                p.render(at, buf);
+                if let Encoded::Kitty(k) = p.as_ref() {
+                    self.placed.insert(k.id);
+                }
                 return;
             }
             Some((_, used)) => *used = frame,
@@ -630,18 +717,27 @@ impl Pictures {
     }
 }
 
-fn evict<V>(cache: &mut HashMap<Key, (V, u64)>, capacity: usize) {
+/// Drops the least recently used entries beyond `capacity`, but none that frame `now` drew:
+/// a grid larger than the cache must not evict (and re-encode) its own pictures every frame.
+fn evict<V>(cache: &mut HashMap<Key, (V, u64)>, capacity: usize, now: u64) {
     if cache.len() <= capacity {
         return;
     }
-    let mut ages: Vec<(u64, Key)> = cache.iter().map(|(k, (_, used))| (*used, *k)).collect();
+    let mut ages: Vec<(u64, Key)> = cache
+        .iter()
+        .map(|(k, (_, used))| (*used, *k))
+        .filter(|(used, _)| *used + 1 < now)
+        .collect();
     ages.sort_unstable();
-    for (_, k) in ages.iter().take(cache.len() - capacity) {
+    let excess = cache.len() - capacity;
+    for (_, k) in ages.iter().take(excess) {
         cache.remove(k);
     }
 }
 
-fn encode_loop(picker: &Picker, jobs: &Receiver<Job>, done: &Sender<Done>, shown: &Mutex<Shown>) {
+fn encode_loop(how: &Decision, jobs: &Receiver<Job>, done: &Sender<Done>, shown: &Mutex<Shown>) {
+    let picker = how.picker();
+    let mut next_kitty_id = 1u32;
     while let Ok(job) = jobs.recv() {
         let gone = shown
             .lock()
@@ -650,8 +746,17 @@ fn encode_loop(picker: &Picker, jobs: &Receiver<Job>, done: &Sender<Done>, shown
             Done::Dropped(job.key)
         } else {
             let (_, w, h) = job.key;
-            match encode(picker, &job.image, Size::new(w, h)) {
-                Ok(p) => Done::Encoded(job.key, Box::new(p)),
+            let cells = Size::new(w, h);
+            let encoded = if how.kitty_direct {
+                // Ids are unique per encoding, so a deleted image never takes a live one along.
+                next_kitty_id = next_kitty_id.wrapping_add(1).max(1);
+                kitty::Placement::encode(&job.image, cells, how.cell, next_kitty_id, how.tmux)
+                    .map(Encoded::Kitty)
+            } else {
+                encode(&picker, &job.image, cells).map(Encoded::Protocol)
+            };
+            match encoded {
+                Ok(e) => Done::Encoded(job.key, Box::new(e)),
                 Err(e) => Done::Failed(job.key, e),
             }
         };
@@ -673,6 +778,10 @@ pub fn encode(picker: &Picker, image: &RgbImage, cells: Size) -> Result<Protocol
 /// The escape sequences a protocol writes for `image` in an area of `cells`: the symbols of
 /// the cells it sets, in order (for tests and measurements).
 pub fn escape_output(decision: &Decision, image: &RgbImage, cells: Size) -> Result<String, String> {
+    if decision.kitty_direct {
+        let placement = kitty::Placement::encode(image, cells, decision.cell, 1, decision.tmux)?;
+        return Ok(placement.sequence().to_string());
+    }
     let protocol = encode(&decision.picker(), image, cells)?;
     let area = Rect::new(0, 0, cells.width, cells.height);
     let mut buf = Buffer::empty(area);

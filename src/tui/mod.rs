@@ -365,6 +365,13 @@ fn draw(term: &mut Term, app: &mut App) -> Result<()> {
         let area = f.area();
         app.render(area, f.buffer_mut());
     })?;
+    let deletions = app.pictures.take_deletions();
+    if !deletions.is_empty() {
+        use std::io::Write;
+        let out = term.backend_mut();
+        out.write_all(deletions.as_bytes())?;
+        out.flush()?;
+    }
     app.dirty = false;
     tracing::trace!("frame drawn");
     Ok(())

@@ -14,6 +14,7 @@ use super::hyper::{Edit, HyperEditor};
 use super::{contains, field, key, panel, KeyHelp};
 use crate::cli::format_duration;
 use crate::tui::follow::{LogLevel, RunData};
+use crate::tui::graphics::Pictures;
 use crate::tui::series::{self, fmt_value, Series, Trend};
 use crate::tui::theme::Theme;
 use crate::tui::widgets::halfblock::SampleView;
@@ -184,6 +185,7 @@ impl TrainingScreen {
         data: &RunData,
         theme: &Theme,
         sample: &mut SampleView,
+        pictures: &mut Pictures,
     ) {
         let left_w = (area.width * 2 / 5).clamp(34.min(area.width), 52);
         let [left, right] =
@@ -228,7 +230,7 @@ impl TrainingScreen {
         self.render_hyper(hyper, buf, data, theme);
         self.render_chart(chart, buf, data, theme);
         self.render_log(log, buf, data, theme);
-        self.render_sample(sample_area, buf, data, theme, sample);
+        self.render_sample(sample_area, buf, data, theme, (sample, pictures));
     }
 
     fn render_progress(&self, area: Rect, buf: &mut Buffer, data: &RunData, theme: &Theme) {
@@ -533,7 +535,7 @@ impl TrainingScreen {
         buf: &mut Buffer,
         data: &RunData,
         theme: &Theme,
-        sample: &mut SampleView,
+        (sample, pictures): (&mut SampleView, &mut Pictures),
     ) {
         let title = match &data.sample {
             Some((s, _)) if area.width >= 24 => format!("samples · step {s}"),
@@ -545,8 +547,8 @@ impl TrainingScreen {
         block.render(area, buf);
         if let Some(e) = sample.error() {
             Paragraph::new(Span::styled(e.to_string(), theme.error)).render(inner, buf);
-        } else if sample.has_image() {
-            sample.render(inner, buf, theme.image);
+        } else if let Some(picture) = sample.picture() {
+            pictures.draw(picture, inner, buf, theme.image);
         } else {
             Paragraph::new(Span::styled("no sample yet", theme.dim))
                 .wrap(Wrap { trim: true })

@@ -22,6 +22,8 @@ const SHADES: [&str; 5] = [" ", "░", "▒", "▓", "█"];
 pub struct SampleView {
     path: Option<PathBuf>,
     image: Option<RgbImage>,
+    /// The image under a stable identity, for the graphics protocols' cache.
+    picture: Option<crate::tui::graphics::Picture>,
     error: Option<String>,
     scaled: Option<((u32, u32), RgbImage)>,
 }
@@ -44,6 +46,7 @@ impl SampleView {
         self.scaled = None;
         self.error = None;
         self.image = None;
+        self.picture = None;
         let Some(path) = path else { return };
         match image::open(path) {
             Ok(img) => self.image = Some(img.to_rgb8()),
@@ -62,6 +65,14 @@ impl SampleView {
     /// Why the file could not be shown.
     pub fn error(&self) -> Option<&str> {
         self.error.as_deref()
+    }
+
+    /// The image as a picture for [`crate::tui::graphics::Pictures`], made once per image.
+    pub fn picture(&mut self) -> Option<&crate::tui::graphics::Picture> {
+        if self.picture.is_none() {
+            self.picture = self.image.clone().map(crate::tui::graphics::Picture::new);
+        }
+        self.picture.as_ref()
     }
 
     /// Whether there is an image to draw.
