@@ -88,6 +88,11 @@ pub struct TrainArgs {
     /// Device: auto, cpu, cuda, cuda:N or metal (overrides train.device).
     #[arg(long)]
     pub device: Option<String>,
+    /// After a divergence, wait this many seconds for a decision (a studio's `r`) before
+    /// rolling back unattended; without it a headless run rolls back at once. The studio
+    /// passes it to the trainer it starts.
+    #[arg(long, hide = true, value_name = "SECONDS")]
+    pub ask_on_divergence: Option<u64>,
 }
 
 /// `facestudio train`.
@@ -484,6 +489,7 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
     };
     let tty = std::io::stdout().is_terminal();
     let mut driver = Driver::new(run.clone(), cmd_tx, tty);
+    driver.ask_for = args.ask_on_divergence.map(Duration::from_secs);
     loop {
         if signalled() && !driver.stop_sent {
             driver.stop_sent = true;
@@ -501,6 +507,13 @@ pub fn headless(args: &TrainArgs) -> Result<()> {
         if driver.retry_at.is_some_and(|t| Instant::now() >= t) {
             driver.retry_at = None;
             let _ = driver.commands.send(Command::Resume);
+        }
+        if driver.rollback_at.is_some_and(|t| Instant::now() >= t) {
+            driver.rollback_at = None;
+            driver
+                .progress
+                .line("no decision came: rolling back with a tenth of the learning rate");
+            let _ = driver.commands.send(Command::Rollback { lr_factor: 0.1 });
         }
         match ev_rx.recv_timeout(Duration::from_millis(100)) {
             Ok(e) => driver.on_event(e),
@@ -527,6 +540,10 @@ struct Driver {
     status: crate::control::Status,
     rollbacks: u32,
     retry_at: Option<Instant>,
+    /// How long to wait for a decision after a divergence; `None` rolls back at once.
+    ask_for: Option<Duration>,
+    /// When an unanswered divergence is rolled back.
+    rollback_at: Option<Instant>,
     stop_sent: bool,
 }
 
@@ -544,6 +561,8 @@ impl Driver {
             status,
             rollbacks: 0,
             retry_at: None,
+            ask_for: None,
+            rollback_at: None,
             stop_sent: false,
         };
         driver.write_status();
@@ -657,6 +676,9 @@ impl Driver {
             TrainState::Finished => "finished",
         }
         .into();
+        if !matches!(state, TrainState::Diverged { .. }) {
+            self.rollback_at = None;
+        }
         match state {
             TrainState::Diverged { what, .. } => {
                 self.status.detail = what;
@@ -665,6 +687,13 @@ impl Driver {
                     self.progress
                         .line("diverged again after 3 rollbacks: stopping");
                     let _ = self.commands.send(Command::Stop);
+                } else if let Some(wait) = self.ask_for {
+                    self.progress.line(&format!(
+                        "paused: waiting {} s for a decision (r in the studio rolls back to the \
+                         last good checkpoint with a tenth of the learning rate)",
+                        wait.as_secs()
+                    ));
+                    self.rollback_at = Some(Instant::now() + wait);
                 } else {
                     self.progress.line("rolling back to the last good checkpoint with a tenth of the learning rate");
                     let _ = self.commands.send(Command::Rollback { lr_factor: 0.1 });

@@ -232,6 +232,53 @@ fn a_diverging_learning_rate_is_caught_and_no_bad_checkpoint_is_written() {
     }
 }
 
+#[test]
+fn with_someone_to_ask_a_divergence_pauses_until_the_rollback_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let run = RunDir::new(dir.path().join("runs/a"));
+    // As the studio starts its trainer: a divergence waits for the user's decision.
+    let args = [
+        "train",
+        "--headless",
+        "--run",
+        "runs/a",
+        "--ask-on-divergence",
+        "600",
+    ];
+    let mut t = spawn(dir.path(), &args);
+    wait_for("a first checkpoint", 120, || {
+        !checkpoint::list(&run.checkpoints()).is_empty()
+    });
+    let text = std::fs::read_to_string(run.config()).unwrap();
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    doc["train"]["lr"] = toml_edit::value(9.9);
+    std::fs::write(run.config(), doc.to_string()).unwrap();
+
+    wait_for("the divergence", 120, || {
+        status_field(&run, "state") == "diverged"
+    });
+    let detail = status_field(&run, "detail");
+    assert!(!detail.is_empty(), "the status does not say what diverged");
+    let checkpoints = checkpoint::list(&run.checkpoints()).len();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status_field(&run, "state"), "diverged", "it did not wait");
+    assert!(t.0.try_wait().unwrap().is_none(), "the trainer exited");
+    assert_eq!(checkpoint::list(&run.checkpoints()).len(), checkpoints);
+
+    // The user's `r`, as the studio sends it.
+    let reply = facestudio::control::send(&run, "rollback 0.1").unwrap();
+    assert!(reply.starts_with("ok"), "{reply}");
+    // A tenth of 9.9 may diverge again; the rollback itself is what the user asked for.
+    wait_for("the rollback", 60, || {
+        std::fs::read_to_string(run.log()).is_ok_and(|l| l.contains("rolled back to step"))
+    });
+    assert_checkpoints_whole(&run);
+    let _ = facestudio::control::send(&run, "stop");
+    let status = t.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// Mounts a tmpfs of `mb` megabytes at `dir`; false when this machine does not allow it.
 fn mount_tmpfs(dir: &Path, mb: u32) -> bool {
     Command::new("mount")

@@ -84,7 +84,31 @@ pub fn after_poll(app: &mut App) {
             );
         }
     }
+    announce_trouble(app);
     apply_ui(app);
+}
+
+/// Puts a trainer that stopped on a problem (a divergence, a failed write) in the message line,
+/// with what the user can do about it, once per occurrence.
+fn announce_trouble(app: &mut App) {
+    let Some(status) = app.data.status.as_ref() else {
+        return;
+    };
+    let text = match status.state.as_str() {
+        "diverged" => format!(
+            "training diverged ({}): r rolls back to the last good checkpoint with a tenth of \
+             the learning rate, space resumes as it is",
+            status.detail
+        ),
+        "write-failed" => format!(
+            "training paused, a write failed: {}; it retries every 30 s (space retries now)",
+            status.detail
+        ),
+        _ => return,
+    };
+    if app.message.as_ref().is_none_or(|(m, _)| *m != text) {
+        app.say(text, Tone::Error);
+    }
 }
 
 /// Takes in changed UI settings of the run's config: the theme and the chart's smoothing.

@@ -298,6 +298,9 @@ fn spawn_trainer(args: &TrainArgs, run: &RunDir) -> Result<Child> {
     if args.resume {
         cmd.arg("--resume");
     }
+    // The studio's user decides what happens after a divergence; a detached run that nobody
+    // answers rolls back by itself after a while.
+    cmd.args(["--ask-on-divergence", &DIVERGENCE_WAIT_S.to_string()]);
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
@@ -311,6 +314,9 @@ fn spawn_trainer(args: &TrainArgs, run: &RunDir) -> Result<Child> {
     }
     cmd.spawn().context("starting the headless trainer")
 }
+
+/// Seconds the studio's trainer waits for `r` after a divergence before rolling back itself.
+const DIVERGENCE_WAIT_S: u64 = 600;
 
 fn event_loop(term: &mut Term, s: &mut Session) -> Result<Exit> {
     let frame = Duration::from_secs_f64(1.0 / s.fps.clamp(0.5, 60.0));
