@@ -64,6 +64,10 @@ pub enum Cmd {
         /// A checkpoint file, a run directory or a name in models/.
         #[arg(long, short = 'm')]
         model: String,
+        /// A second model to set beside the first in the `versus` view (say, an autoencoder
+        /// beside a VAE): the same random latents decoded by each.
+        #[arg(long)]
+        versus: Option<String>,
     },
 }
 
@@ -402,8 +406,8 @@ pub fn main_with(cli: Cli) -> Result<()> {
                 graphics: cli.graphics,
             })
         }
-        Some(Cmd::Gallery { model }) => crate::tui::run(crate::tui::StudioOptions {
-            mode: crate::tui::Mode::Gallery { model },
+        Some(Cmd::Gallery { model, versus }) => crate::tui::run(crate::tui::StudioOptions {
+            mode: crate::tui::Mode::Gallery { model, versus },
             theme: cli.theme,
             graphics: cli.graphics,
         }),

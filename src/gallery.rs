@@ -92,6 +92,13 @@ pub enum Job {
         /// The seeds.
         seeds: Vec<u64>,
     },
+    /// The same seeds decoded by this model and by another (an autoencoder against a VAE).
+    Versus {
+        /// The seeds.
+        seeds: Vec<u64>,
+        /// The other model's checkpoint metadata file.
+        other: PathBuf,
+    },
 }
 
 /// What the studio asks of the worker.
@@ -211,6 +218,8 @@ fn serve(requests: &Receiver<Request>, replies: &Sender<Reply>) {
 struct Engine {
     model: Option<Loaded>,
     data: Option<Result<Arc<Dataset>, String>>,
+    /// The model of the versus view, kept while it is the same file.
+    other: Option<(PathBuf, Loaded)>,
 }
 
 impl Engine {
@@ -292,6 +301,7 @@ impl Engine {
             Job::Recon { indices } => self.recon(indices),
             Job::Interp { a, b, steps, blend } => self.interp(*a, *b, *steps, *blend),
             Job::Novelty { seeds } => self.novelty(seeds),
+            Job::Versus { seeds, other } => self.versus(seeds, other),
             Job::SampleLapse { .. } => unreachable!("answered above"),
         }
     }
@@ -362,6 +372,35 @@ impl Engine {
                 encode(loaded, &ds, &[i % ds.len()])
             }
         }
+    }
+
+    fn versus(&mut self, seeds: &[u64], other: &Path) -> Result<Vec<Tile>, String> {
+        if self.other.as_ref().is_none_or(|(p, _)| p != other) {
+            let loaded = checkpoint::load(other, &Device::Cpu)
+                .map_err(|e| format!("cannot load the model to compare with: {e}"))?;
+            self.other = Some((other.to_path_buf(), loaded));
+        }
+        let (_, b) = self.other.as_ref().expect("loaded above");
+        let a = self.model.as_ref().ok_or("no model loaded yet")?;
+        let mut columns = Vec::with_capacity(2);
+        for loaded in [a, b] {
+            // Each model draws its latents from the prior it was meant for: N(0, I).
+            let d = loaded.model.config.latent;
+            let zs: Vec<f32> = seeds
+                .iter()
+                .flat_map(|s| latent::seed_latent(*s, d))
+                .collect();
+            let kind = format!("{:?}", loaded.model.config.kind).to_lowercase();
+            let labels = seeds.iter().map(|s| format!("{kind} · seed {s}")).collect();
+            columns.push(decode_tiles(loaded, &zs, labels)?);
+        }
+        let (mut left, mut right) = (columns.remove(0).into_iter(), columns.remove(0).into_iter());
+        let mut tiles = Vec::with_capacity(2 * seeds.len());
+        while let (Some(l), Some(r)) = (left.next(), right.next()) {
+            tiles.push(l);
+            tiles.push(r);
+        }
+        Ok(tiles)
     }
 
     fn novelty(&mut self, seeds: &[u64]) -> Result<Vec<Tile>, String> {

@@ -605,3 +605,82 @@ impl std::io::Write for Count {
         Ok(())
     }
 }
+
+#[test]
+fn versus_decodes_the_same_seeds_with_both_models_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let vae = trained(dir.path());
+    let ae = dir.path().join("ae");
+    let mut c = common::small_config();
+    c.train.steps = 10;
+    c.model.kind = facestudio::config::ModelKind::Ae;
+    common::train_collect(c, &ae, false);
+    let newest = |run: &Path| {
+        facestudio::checkpoint::list(&run.join("checkpoints"))
+            .pop()
+            .unwrap()
+            .meta
+    };
+
+    let worker = Worker::spawn();
+    worker.send(Request::Load(newest(&vae)));
+    assert!(matches!(
+        worker.recv_timeout(Duration::from_secs(30)),
+        Some(Reply::Loaded { .. })
+    ));
+    let seeds = vec![3, 4, 5];
+    worker.send(Request::Render {
+        id: 1,
+        job: Job::Versus {
+            seeds: seeds.clone(),
+            other: newest(&ae),
+        },
+    });
+    let tiles = wait_frame(&worker, 1);
+    let labels: Vec<&str> = tiles.iter().map(|t| t.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "vae · seed 3",
+            "ae · seed 3",
+            "vae · seed 4",
+            "ae · seed 4",
+            "vae · seed 5",
+            "ae · seed 5"
+        ]
+    );
+    assert_ne!(
+        tiles[0].image, tiles[1].image,
+        "the two models drew the same face"
+    );
+    // The left column is this model's own samples for those seeds.
+    worker.send(Request::Render {
+        id: 2,
+        job: Job::Samples { seeds },
+    });
+    let own = wait_frame(&worker, 2);
+    for k in 0..3 {
+        assert_eq!(tiles[2 * k].image, own[k].image);
+    }
+
+    // A missing second model is an error naming it, not a crash.
+    worker.send(Request::Render {
+        id: 3,
+        job: Job::Versus {
+            seeds: vec![1],
+            other: dir.path().join("nope.json"),
+        },
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no answer for a missing model");
+        match worker.recv_timeout(Duration::from_secs(1)) {
+            Some(Reply::Failed { error, .. }) => {
+                assert!(error.contains("nope.json"), "{error}");
+                break;
+            }
+            Some(Reply::Frame { id: 3, .. }) => panic!("a frame from a missing model"),
+            _ => {}
+        }
+    }
+}

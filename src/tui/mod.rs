@@ -54,6 +54,8 @@ pub enum Mode {
     Gallery {
         /// A checkpoint, run directory or models/ name.
         model: String,
+        /// A second model for the versus view.
+        versus: Option<String>,
     },
 }
 
@@ -217,14 +219,29 @@ fn prepare(opts: &StudioOptions) -> Result<(Session, PathBuf)> {
                 log,
             ))
         }
-        Mode::Gallery { model } => prepare_gallery(model, opts.theme.as_deref()),
+        Mode::Gallery { model, versus } => {
+            prepare_gallery(model, versus.as_deref(), opts.theme.as_deref())
+        }
     }
 }
 
 /// A studio over a finished model: its sample grid decoded here, its run followed if it has one.
-fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)> {
+fn prepare_gallery(
+    spec: &str,
+    versus: Option<&str>,
+    theme: Option<&str>,
+) -> Result<(Session, PathBuf)> {
     let loaded = crate::checkpoint::load_model(spec, &candle_core::Device::Cpu)
         .map_err(anyhow::Error::new)?;
+    // Checked now, so that a wrong second model is a plain error before the screen is taken.
+    let versus = match versus {
+        Some(v) => Some(
+            crate::checkpoint::load_model(v, &candle_core::Device::Cpu)
+                .map_err(anyhow::Error::new)?
+                .path,
+        ),
+        None => None,
+    };
     let config = loaded.meta.config.clone();
     let theme = Theme::choose(theme, &config.ui.theme)?;
     let m = &loaded.model;
@@ -256,6 +273,10 @@ fn prepare_gallery(spec: &str, theme: Option<&str>) -> Result<(Session, PathBuf)
     app.sample = widgets::halfblock::SampleView::from_image(grid);
     app.gallery.caption = Some(format!("model {spec} · step {}", loaded.meta.step));
     app.gallery.open_model(&loaded.path);
+    if let Some(other) = versus {
+        app.gallery.versus = Some(other);
+        app.gallery.view = screens::gallery::View::Versus;
+    }
     let follower = run_root.map(RunFollower::new);
     Ok((
         Session {

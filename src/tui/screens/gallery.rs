@@ -64,17 +64,20 @@ pub enum View {
     TimeLapse,
     /// Faces beside their nearest training images.
     Novelty,
+    /// The same seeds decoded by this model and another (`gallery --versus`).
+    Versus,
 }
 
 impl View {
     /// Every view, in the order `v` cycles them.
-    pub const ALL: [View; 6] = [
+    pub const ALL: [View; 7] = [
         Self::Samples,
         Self::Reconstructions,
         Self::Interpolation,
         Self::Walk,
         Self::TimeLapse,
         Self::Novelty,
+        Self::Versus,
     ];
 
     /// Its name.
@@ -86,13 +89,19 @@ impl View {
             Self::Walk => "latent walk",
             Self::TimeLapse => "time-lapse",
             Self::Novelty => "novelty check",
+            Self::Versus => "versus",
         }
     }
 
-    fn cycle(self, forward: bool) -> Self {
-        let i = Self::ALL.iter().position(|v| *v == self).unwrap_or(0);
-        let n = Self::ALL.len();
-        Self::ALL[if forward {
+    /// The next (or previous) view; `versus` only when there is a model to compare with.
+    fn cycle(self, forward: bool, versus: bool) -> Self {
+        let views: Vec<View> = Self::ALL
+            .into_iter()
+            .filter(|v| versus || *v != Self::Versus)
+            .collect();
+        let i = views.iter().position(|v| *v == self).unwrap_or(0);
+        let n = views.len();
+        views[if forward {
             (i + 1) % n
         } else {
             (i + n - 1) % n
@@ -101,7 +110,7 @@ impl View {
 
     /// Whether tiles come in pairs (an image and its counterpart).
     fn pairs(self) -> bool {
-        matches!(self, Self::Reconstructions | Self::Novelty)
+        matches!(self, Self::Reconstructions | Self::Novelty | Self::Versus)
     }
 }
 
@@ -162,6 +171,8 @@ pub struct GalleryScreen {
     pub model: Option<ModelInfo>,
     /// The last error from the worker.
     pub error: Option<String>,
+    /// Another model's checkpoint to set beside this one in the versus view.
+    pub versus: Option<PathBuf>,
     worker: Option<Worker>,
     checkpoints: Option<PathBuf>,
     last_look: Option<Instant>,
@@ -189,6 +200,7 @@ impl Default for GalleryScreen {
             dim: 0,
             model: None,
             error: None,
+            versus: None,
             worker: None,
             checkpoints: None,
             last_look: None,
@@ -349,6 +361,10 @@ impl GalleryScreen {
                         .collect(),
                 }
             }
+            View::Versus => Job::Versus {
+                seeds: (0..(count / 2).max(1)).map(|k| self.face_seed(k)).collect(),
+                other: self.versus.clone()?,
+            },
         };
         Some(job)
     }
@@ -449,8 +465,8 @@ impl GalleryScreen {
             }
             KeyCode::Enter => self.enlarged = true,
             KeyCode::Esc if self.enlarged => self.enlarged = false,
-            KeyCode::Char('v') => self.set_view(self.view.cycle(true)),
-            KeyCode::Char('V') => self.set_view(self.view.cycle(false)),
+            KeyCode::Char('v') => self.set_view(self.view.cycle(true, self.versus.is_some())),
+            KeyCode::Char('V') => self.set_view(self.view.cycle(false, self.versus.is_some())),
             KeyCode::Char('r') => {
                 self.base_seed = fresh_seed(self.base_seed);
                 return Handled::Say(format!("new seeds from {}", self.base_seed), false);
@@ -680,6 +696,10 @@ impl GalleryScreen {
             View::TimeLapse => format!("seed {}", self.face_seed(self.selected)),
             View::Reconstructions => "data | model".into(),
             View::Novelty => "face | nearest training image (pixel L2)".into(),
+            View::Versus => {
+                let other = self.versus.as_deref().map_or("—".into(), short_model_name);
+                format!("this model | {other}, same seeds from N(0, I)")
+            }
         };
         format!("{} · {} · {detail}", self.view.title(), source)
     }
@@ -691,7 +711,9 @@ impl GalleryScreen {
                 "v views · Enter enlarge · r new seeds · p/P save · a/b interpolation ends"
                     .to_string()
             }
-            View::TimeLapse | View::Novelty | View::Reconstructions if !labels.is_empty() => {
+            View::TimeLapse | View::Novelty | View::Reconstructions | View::Versus
+                if !labels.is_empty() =>
+            {
                 let shown: Vec<&str> = labels.iter().map(String::as_str).collect();
                 shown.join(" · ")
             }
@@ -808,5 +830,21 @@ fn save(img: &RgbImage, path: &Path) -> Handled {
     match crate::imageio::save_png(img, path) {
         Ok(()) => Handled::Say(format!("saved {}", path.display()), false),
         Err(e) => Handled::Say(format!("cannot save {}: {e}", path.display()), true),
+    }
+}
+
+/// A checkpoint's run and step, for a caption (`runs/ae/checkpoints/step-00000800.json` gives
+/// `ae/step-00000800`).
+fn short_model_name(meta: &Path) -> String {
+    let step = meta.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let run = meta
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|s| s.to_string_lossy().into_owned());
+    match (run, step) {
+        (Some(r), Some(s)) => sanitize(&format!("{r}/{s}")),
+        (None, Some(s)) => sanitize(&s),
+        _ => "the other model".into(),
     }
 }
