@@ -568,3 +568,23 @@ fn gallery_and_browser_status_bar_names_the_protocol() {
         facestudio::tui::screens::gallery::View::Reconstructions
     );
 }
+
+#[test]
+fn a_finished_model_without_a_run_says_nothing_trains() {
+    use facestudio::tui::follow::RunData;
+
+    let data = RunData {
+        name: "demo".into(),
+        ..Default::default()
+    };
+    let mut app = App::new(data, Theme::load("dark").unwrap(), 0.6);
+    app.controls = false;
+    app.screen = facestudio::tui::app::Screen::Gallery;
+    let (lines, _) = draw(&mut app, 100, 30);
+    let status = lines.last().unwrap();
+    assert!(
+        status.contains("demo") && status.contains("no training"),
+        "{status}"
+    );
+    assert!(!status.contains("waiting"), "{status}");
+}

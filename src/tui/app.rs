@@ -466,6 +466,14 @@ impl App {
     /// The status bar's segments: run, device, step, state, graphics.
     pub fn status_text(&self) -> String {
         let d = &self.data;
+        if !self.controls && d.status.is_none() {
+            // A finished model with no run behind it: nothing trains, so say what is shown.
+            let step = self.gallery.model.as_ref().map_or(0, |m| m.step);
+            return format!(
+                " {} │ cpu │ model at step {step} │ no training │ {} ",
+                d.name, self.graphics
+            );
+        }
         let device = d
             .status
             .as_ref()
