@@ -613,3 +613,67 @@ fn the_studio_without_a_terminal_says_so_instead_of_drawing() {
         "escape sequences went to a non-terminal: {stdout:?}"
     );
 }
+
+/// The inputs `cargo fuzz` kept for `target` (its corpus and any crash it found).
+fn fuzz_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs = Vec::new();
+    for kind in ["corpus", "artifacts"] {
+        let dir = fuzz.join(kind).join(target);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            inputs.push((entry.path(), std::fs::read(entry.path()).unwrap()));
+        }
+    }
+    inputs
+}
+
+#[test]
+fn every_input_the_fuzzers_kept_is_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut total = 0;
+
+    for (file, bytes) in fuzz_inputs("config") {
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            if let Err(e) = Config::from_toml(text, Path::new("fuzz.toml")) {
+                assert!(
+                    e.to_string().contains("fuzz.toml"),
+                    "{}: {e}",
+                    file.display()
+                );
+            }
+        }
+        total += 1;
+    }
+    let npy = dir.path().join("fuzz.npy");
+    for (file, bytes) in fuzz_inputs("npy") {
+        std::fs::write(&npy, &bytes).unwrap();
+        match facestudio::data::npy::read(&npy) {
+            Ok(images) => assert!(images.pixels.len() <= bytes.len(), "{}", file.display()),
+            Err(e) => assert!(
+                e.to_string().contains("fuzz.npy"),
+                "{}: {e}",
+                file.display()
+            ),
+        }
+        total += 1;
+    }
+    let meta = Path::new("step-00000001.json");
+    for (file, bytes) in fuzz_inputs("checkpoint_meta") {
+        if let Err(e) = checkpoint::parse_meta(&bytes, meta) {
+            let text = e.to_string();
+            assert!(
+                text.contains("step-00000001.json"),
+                "{}: {text}",
+                file.display()
+            );
+        }
+        total += 1;
+    }
+    for (file, bytes) in fuzz_inputs("metrics") {
+        let text = String::from_utf8_lossy(&bytes);
+        let (records, _) = facestudio::run::parse_metrics(&text);
+        assert!(records.len() <= text.lines().count(), "{}", file.display());
+        total += 1;
+    }
+    assert!(total >= 4, "the fuzzers' corpus is missing: {total} inputs");
+}
