@@ -699,7 +699,9 @@ impl Driver {
                     ));
                     self.rollback_at = Some(Instant::now() + wait);
                 } else {
-                    self.progress.line("rolling back to the last good checkpoint with a tenth of the learning rate");
+                    let what = "rolling back to the last good checkpoint with a tenth of the \
+                                learning rate";
+                    self.progress.line(what);
                     let _ = self.commands.send(Command::Rollback { lr_factor: 0.1 });
                 }
             }
@@ -943,7 +945,10 @@ fn scan(spec: &str, quick: bool) -> Result<()> {
     let source = catalog::resolve(spec).map_err(anyhow::Error::new)?;
     match source.kind {
         catalog::SourceKind::Synthetic => {
-            println!("synthetic faces: generated from a seed, any count (data.synthetic_count), 3 channels");
+            println!(
+                "synthetic faces: generated from a seed, any count (data.synthetic_count), \
+                 3 channels"
+            );
             Ok(())
         }
         catalog::SourceKind::Npy(path) => {

@@ -21,7 +21,8 @@ use crate::train::Command;
 pub struct Status {
     /// The trainer's process id.
     pub pid: u32,
-    /// `loading`, `running`, `paused`, `diverged`, `write-failed`, `finished`, `stopped` or `failed`.
+    /// `loading`, `running`, `paused`, `diverged`, `write-failed`, `finished`, `stopped` or
+    /// `failed`.
     pub state: String,
     /// Why it is in that state, when it is not obvious.
     pub detail: String,
@@ -226,9 +227,8 @@ mod tests {
     #[test]
     fn commands_parse_and_bad_ones_are_named() {
         assert!(matches!(parse_command("pause\n"), Ok(Command::Pause)));
-        assert!(
-            matches!(parse_command("rollback 0.5"), Ok(Command::Rollback { lr_factor }) if lr_factor == 0.5)
-        );
+        let rollback = parse_command("rollback 0.5");
+        assert!(matches!(rollback, Ok(Command::Rollback { lr_factor }) if lr_factor == 0.5));
         assert!(parse_command("rollback 3").unwrap_err().contains("`3`"));
         assert!(parse_command("explode").unwrap_err().contains("`explode`"));
     }

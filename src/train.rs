@@ -315,7 +315,8 @@ impl Trainer {
         }
         if !opts.resume && !checkpoint::list(&run.checkpoints()).is_empty() {
             return Err(TrainError::Other(format!(
-                "{} already holds checkpoints; pass --resume to continue it or choose another --run",
+                "{} already holds checkpoints; pass --resume to continue it or choose another \
+                 --run",
                 run.root.display()
             )));
         }
@@ -364,7 +365,8 @@ impl Trainer {
             Some(loaded) => {
                 if loaded.meta.shape != shape {
                     return Err(TrainError::Other(format!(
-                        "the data now gives {shape:?} images but the checkpoint was trained on {:?}",
+                        "the data now gives {shape:?} images but the checkpoint was trained on \
+                         {:?}",
                         loaded.meta.shape
                     )));
                 }

@@ -170,7 +170,8 @@ fn matmul(
 }
 
 thread_local! {
-    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Runs `f` with this thread's two scratch buffers, grown to at least the given lengths.

@@ -71,7 +71,11 @@ pub fn after_poll(app: &mut App) {
             .map(|s| s.step);
         if let Some(step) = taken {
             let secs = since.elapsed().as_secs_f64();
-            app.say(format!("{key} = {value} picked up by the trainer from step {step} ({secs:.1} s after the write)"), Tone::Info);
+            let text = format!(
+                "{key} = {value} picked up by the trainer from step {step} ({secs:.1} s after \
+                 the write)"
+            );
+            app.say(text, Tone::Info);
             tracing::info!("{key} picked up at step {step} after {secs:.3} s");
             app.awaiting = None;
         }
@@ -234,7 +238,9 @@ mod tests {
     fn studio(dir: &std::path::Path) -> (App, RunDir) {
         let run = RunDir::new(dir.join("run"));
         run.create().unwrap();
-        let text = format!("# my notes on this run\n[train]\nlr = 0.001 # the rate\nbeta = 1.0\n\n[ui]\ntheme = \"dark\"\n");
+        let text = "# my notes on this run\n[train]\nlr = 0.001 # the rate\nbeta = 1.0\n\n\
+                    [ui]\ntheme = \"dark\"\n"
+            .to_string();
         std::fs::write(run.config(), text).unwrap();
         let mut data = RunData::new(&run.root);
         data.config = Some(Config::load(&run.config()).unwrap());

@@ -526,14 +526,16 @@ fn farewell(exit: Exit, s: &mut Session) {
     match exit {
         Exit::Stopped => {
             println!(
-                "training stopped at step {}; run directory {root}; continue with `facestudio train --run {root} --resume`",
+                "training stopped at step {}; run directory {root}; continue with \
+                 `facestudio train --run {root} --resume`",
                 s.app.data.step()
             );
         }
         Exit::Quit | Exit::Detached | Exit::Signal(_) if alive && s.app.controls => {
             let pid = s.app.data.status.as_ref().map_or(0, |st| st.pid);
             println!(
-                "training continues in the background (process {pid}); reattach with `facestudio watch {root}`; log: {root}/train.log"
+                "training continues in the background (process {pid}); reattach with \
+                 `facestudio watch {root}`; log: {root}/train.log"
             );
         }
         _ => {}

@@ -50,7 +50,10 @@ const STATS_CHUNK: usize = 256;
 pub fn escape_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in name.chars() {
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        let bidi = matches!(
+            c,
+            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        );
         if c.is_control() && (c as u32) < 0x100 {
             out.push_str(&format!("\\x{:02x}", c as u32));
         } else if c.is_control() || bidi {

@@ -654,10 +654,12 @@ impl GalleryScreen {
         match (&self.model, self.requested_model.is_some()) {
             (Some(_), _) => format!("decoding the {}…", self.view.title()),
             (None, true) => "loading the model…".into(),
-            (None, false) if self.view == View::TimeLapse && data.sample.is_some() => "cutting the sample grids…".into(),
+            (None, false) if self.view == View::TimeLapse && data.sample.is_some() => {
+                "cutting the sample grids…".into()
+            }
             (None, false) => {
-                "no sample grid yet: the trainer writes one every train.sample_every steps, and faces \
-                 appear here from the first checkpoint"
+                "no sample grid yet: the trainer writes one every train.sample_every steps, \
+                 and faces appear here from the first checkpoint"
                     .into()
             }
         }
