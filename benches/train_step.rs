@@ -240,6 +240,7 @@ fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result
 
 fn main() -> anyhow::Result<()> {
     facestudio::device::tune_cpu_threads();
+    facestudio::device::keep_freed_memory();
     let args = parse_args();
     for &upsample in &args.upsample {
         for &kernels in &args.kernels {

@@ -45,10 +45,11 @@ enum UpLayer {
 }
 
 impl UpLayer {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// The layer, followed by a leaky ReLU of `slope` when given.
+    fn forward(&self, xs: &Tensor, slope: Option<f64>) -> Result<Tensor> {
         match self {
-            Self::Transpose(t) => crate::ops::conv_transpose2d(xs, t),
-            Self::Nearest(conv) => crate::ops::upsample_conv2d(xs, 2, conv, None),
+            Self::Transpose(t) => crate::ops::conv_transpose2d(xs, t, slope),
+            Self::Nearest(conv) => crate::ops::upsample_conv2d(xs, 2, conv, slope),
         }
     }
 }
@@ -165,10 +166,14 @@ impl Vae {
             Body::Conv {
                 fc, up, side, top, ..
             } => {
-                let mut h = fc.forward(zs)?.reshape((n, *top, *side, *side))?;
+                let h = fc.forward(zs)?.reshape((n, *top, *side, *side))?;
+                // A leaky ReLU before every up layer: the last layer's output is left linear,
+                // every other one carries the activation the next layer reads.
+                let mut h = crate::ops::leaky_relu(&h, LEAK)?;
                 for (i, layer) in up.iter().enumerate() {
-                    h = layer.forward(&candle_nn::ops::leaky_relu(&h, LEAK)?)?;
-                    if i + 1 == up.len() && self.config.recon_loss != ReconLoss::Bce {
+                    let last = i + 1 == up.len();
+                    h = layer.forward(&h, (!last).then_some(LEAK))?;
+                    if last && self.config.recon_loss != ReconLoss::Bce {
                         h = candle_nn::ops::sigmoid(&h)?;
                     }
                 }
@@ -223,12 +228,8 @@ impl Vae {
     /// Negative log-likelihood of `xs` under the decoded parameters, per image `(n,)`, in nats.
     pub fn recon_nll(&self, dec: &Decoded, xs: &Tensor) -> Result<Tensor> {
         let per_pixel = match self.config.recon_loss {
-            ReconLoss::Bce => {
-                // Binary cross-entropy on logits, written to stay finite for large logits.
-                let l = &dec.out;
-                let softplus = l.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
-                ((l.relu()? - l.mul(xs)?)? + softplus)?
-            }
+            // Binary cross-entropy on logits, finite for large logits, in one fused op.
+            ReconLoss::Bce => return crate::ops::bce_with_logits(&dec.out, xs),
             ReconLoss::Mse => {
                 let sigma = self.config.gaussian_sigma;
                 let c = 0.5 * (2.0 * std::f64::consts::PI * sigma * sigma).ln();

@@ -373,8 +373,15 @@ pub fn forward(
 }
 
 /// The input gradient `(n, c_in, h, w)` of a convolution from its output gradient `dy`, plus a
-/// per-input-channel `bias` (which makes it a transposed convolution's forward pass).
-pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// per-input-channel `bias` and a leaky ReLU of `slope` (which make it a transposed
+/// convolution's forward pass).
+pub fn backward_data(
+    g: &Geometry,
+    dy: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    slope: Option<f32>,
+) -> Vec<f32> {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
     let mut dx = vec![0f32; g.n * g.image_in()];
     if dx.is_empty() {
@@ -414,7 +421,7 @@ pub fn backward_data(g: &Geometry, dy: &[f32], w: &[f32], bias: Option<&[f32]>) 
                     );
                 }
             });
-            finish(dx, g.c_in, g.h * g.w, bias, None);
+            finish(dx, g.c_in, g.h * g.w, bias, slope);
         });
     dx
 }
@@ -495,7 +502,7 @@ fn channel_sums(xs: &[f32], c: usize, p: usize) -> Vec<f32> {
 }
 
 /// The contiguous f32 data of a CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("convolution kernels take f32 only")
     };
@@ -650,10 +657,13 @@ impl CustomOp3 for Conv2d {
     }
 }
 
-/// `conv_transpose(x, w) + b`: operands `x (n, c_in, h, w)`, `w (c_in, c_out, k, k)`, `b (c_out)`.
+/// `leaky(conv_transpose(x, w) + b)`: operands `x (n, c_in, h, w)`, `w (c_in, c_out, k, k)`,
+/// `b (c_out)`.
 pub struct ConvTranspose2d {
     /// Stride and padding (`up` must be 1).
     pub params: ConvParams,
+    /// Slope of the leaky ReLU applied to the output, if any.
+    pub slope: Option<f32>,
 }
 
 impl CustomOp3 for ConvTranspose2d {
@@ -675,7 +685,7 @@ impl CustomOp3 for ConvTranspose2d {
         if b.len() != g.c_in {
             candle_core::bail!("bias of {} for {} output channels", b.len(), g.c_in);
         }
-        let out = backward_data(&g, x, w, Some(b));
+        let out = backward_data(&g, x, w, Some(b), self.slope);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.h, g.w))))
     }
 
@@ -684,10 +694,15 @@ impl CustomOp3 for ConvTranspose2d {
         x: &Tensor,
         w: &Tensor,
         b: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+        let grad = match self.slope {
+            Some(slope) => grad
+                .contiguous()?
+                .apply_op2_no_bwd(res, &LeakyGrad(slope))?,
+            None => grad.contiguous()?,
+        };
         let dx = match x.track_op() {
             true => Some(grad.apply_op2_no_bwd(
                 w,
@@ -773,7 +788,7 @@ impl CustomOp2 for Pass {
                     candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
                 }
                 Ok((
-                    CpuStorage::F32(backward_data(&g, a, b, None)),
+                    CpuStorage::F32(backward_data(&g, a, b, None, None)),
                     Shape::from((n, c_in, h, w)),
                 ))
             }
@@ -1030,25 +1045,32 @@ mod tests {
         check_conv(&[9, 3, 2, 2], &[4, 3, 3, 3], 1, 1, 2, Some(0.2));
     }
 
-    fn check_transpose(x: &[usize], w: &[usize], stride: usize, pad: usize) {
+    fn check_transpose(x: &[usize], w: &[usize], stride: usize, pad: usize, slope: Option<f64>) {
         let (xs, ws, bs) = (random(x, 4), random(w, 5), random(&w[1..2], 6));
         let params = ConvParams { stride, pad, up: 1 };
         let ours = run(&xs, &ws, &bs, |x, w, b| {
-            x.apply_op3(w, b, ConvTranspose2d { params }).unwrap()
+            let op = ConvTranspose2d {
+                params,
+                slope: slope.map(|s| s as f32),
+            };
+            x.apply_op3(w, b, op).unwrap()
         });
         let theirs = run(&xs, &ws, &bs, |x, w, b| {
             let y = x.conv_transpose2d(w, pad, 0, stride, 1).unwrap();
-            y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap()
+            candle_leaky(
+                &y.broadcast_add(&b.reshape((1, (), 1, 1)).unwrap()).unwrap(),
+                slope,
+            )
         });
         assert_close(ours, theirs);
     }
 
     #[test]
     fn transposed_conv_matches_candle() {
-        check_transpose(&[3, 4, 4, 4], &[4, 2, 4, 4], 2, 1);
-        check_transpose(&[2, 3, 3, 5], &[3, 5, 4, 4], 2, 1);
-        check_transpose(&[40, 6, 2, 2], &[6, 3, 4, 4], 2, 1);
-        check_transpose(&[2, 3, 5, 5], &[3, 2, 3, 3], 1, 1);
+        check_transpose(&[3, 4, 4, 4], &[4, 2, 4, 4], 2, 1, None);
+        check_transpose(&[2, 3, 3, 5], &[3, 5, 4, 4], 2, 1, Some(0.2));
+        check_transpose(&[40, 6, 2, 2], &[6, 3, 4, 4], 2, 1, Some(0.2));
+        check_transpose(&[2, 3, 5, 5], &[3, 2, 3, 3], 1, 1, None);
     }
 
     #[test]

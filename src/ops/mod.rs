@@ -9,6 +9,7 @@
 //! so GPU builds use candle's GPU kernels.
 
 pub mod conv;
+pub mod loss;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -110,11 +111,19 @@ pub fn conv2d(xs: &Tensor, layer: &Conv2d, slope: Option<f64>) -> Result<Tensor>
     upsample_conv2d(xs, 1, layer, slope)
 }
 
-/// `layer(xs)` for a transposed convolution.
-pub fn conv_transpose2d(xs: &Tensor, layer: &ConvTranspose2d) -> Result<Tensor> {
+/// `layer(xs)` for a transposed convolution, followed by a leaky ReLU of `slope` when given.
+pub fn conv_transpose2d(
+    xs: &Tensor,
+    layer: &ConvTranspose2d,
+    slope: Option<f64>,
+) -> Result<Tensor> {
     let cfg = layer.config();
     if !native(xs) || cfg.dilation != 1 || cfg.output_padding != 0 {
-        return layer.forward(xs);
+        let ys = layer.forward(xs)?;
+        return match slope {
+            Some(s) => candle_nn::ops::leaky_relu(&ys, s),
+            None => Ok(ys),
+        };
     }
     let weight = layer.weight().contiguous()?;
     let bias = bias_or_zeros(layer.bias(), weight.dim(1)?, xs)?;
@@ -123,8 +132,14 @@ pub fn conv_transpose2d(xs: &Tensor, layer: &ConvTranspose2d) -> Result<Tensor> 
         pad: cfg.padding,
         up: 1,
     };
-    xs.contiguous()?
-        .apply_op3(&weight, &bias, conv::ConvTranspose2d { params })
+    xs.contiguous()?.apply_op3(
+        &weight,
+        &bias,
+        conv::ConvTranspose2d {
+            params,
+            slope: slope.map(|s| s as f32),
+        },
+    )
 }
 
 /// A leaky ReLU, as [`candle_nn::ops::leaky_relu`] but in one pass each way on the CPU.
@@ -133,4 +148,18 @@ pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
         return candle_nn::ops::leaky_relu(xs, slope);
     }
     xs.contiguous()?.apply_op1(conv::LeakyRelu(slope as f32))
+}
+
+/// Per-image binary cross-entropy `(n,)` of logits `(n, ...)` against targets in [0, 1]:
+/// `sum max(l, 0) - l x + ln(1 + exp(-|l|))` over each image's values, finite for any logit.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if native(logits) && targets.dtype() == DType::F32 {
+        return logits
+            .contiguous()?
+            .apply_op2(&targets.contiguous()?, loss::BceWithLogits);
+    }
+    let l = logits;
+    let softplus = l.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let per_value = ((l.relu()? - l.mul(targets)?)? + softplus)?;
+    per_value.flatten_from(1)?.sum(candle_core::D::Minus1)
 }
