@@ -7,6 +7,7 @@ use candle_core::Var;
 use candle_core::{backprop::GradStore, Result, Tensor};
 
 use crate::checkpoint::AdamMeta;
+use crate::ops::adam::{self, AdamStep};
 
 /// Adam over a fixed list of named variables.
 pub struct Adam {
@@ -62,15 +63,17 @@ impl Adam {
     ) -> Result<()> {
         for (i, (name, _)) in self.vars.iter().enumerate() {
             if let Some((m, v)) = moments.get(name) {
-                self.m[i] = m.clone();
-                self.v[i] = v.clone();
+                // Copies, so that updating them in place leaves the caller's tensors alone.
+                self.m[i] = m.copy()?;
+                self.v[i] = v.copy()?;
             }
         }
         self.meta = meta;
         Ok(())
     }
 
-    /// `(name, m, v)` for each variable, for checkpoints.
+    /// `(name, m, v)` for each variable, for checkpoints. The tensors share storage with the
+    /// optimiser's, which the next [`Adam::step`] updates in place: write them out before it.
     pub fn moments(&self) -> Vec<(String, Tensor, Tensor)> {
         self.vars
             .iter()
@@ -90,10 +93,13 @@ impl Adam {
         let mut sq = 0.0f64;
         for (_, var) in &self.vars {
             let g = match grads.get(var.as_tensor()) {
-                Some(g) => g.clone(),
+                Some(g) => g.contiguous()?,
                 None => var.zeros_like()?,
             };
-            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            sq += match adam::applies(&[&g]) {
+                true => adam::sum_squares(&g)?,
+                false => g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64,
+            };
             gs.push(g);
         }
         let grad_norm = sq.sqrt();
@@ -110,6 +116,20 @@ impl Adam {
         let bc2 = 1.0 - beta2.powi(t as i32);
         let step_size = self.lr / bc1;
         for (i, (_, var)) in self.vars.iter().enumerate() {
+            let w = var.as_tensor();
+            if adam::applies(&[w, &gs[i], &self.m[i], &self.v[i]]) {
+                // In place: the moments' storage is this optimiser's own (see `restore`).
+                let s = AdamStep {
+                    scale,
+                    beta1,
+                    beta2,
+                    step_size,
+                    bias2: bc2,
+                    eps,
+                };
+                adam::update(w, &gs[i], &self.m[i], &self.v[i], s)?;
+                continue;
+            }
             let g = if clipped {
                 (&gs[i] * scale)?
             } else {
@@ -119,7 +139,7 @@ impl Adam {
             let v = ((&self.v[i] * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let denom = ((&v / bc2)?.sqrt()? + eps)?;
             let update = ((&m / &denom)? * step_size)?;
-            var.set(&var.as_tensor().sub(&update)?)?;
+            var.set(&w.sub(&update)?)?;
             self.m[i] = m;
             self.v[i] = v;
         }

@@ -20,6 +20,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// How many columns (images times output pixels) one matrix product should at least get; a
 /// product much narrower than this spends its time packing the weight.
@@ -192,6 +193,32 @@ fn with_buffers<R>(cols: usize, tmp: usize, f: impl FnOnce(&mut [f32], &mut [f32
     })
 }
 
+/// A vector of `len` values built in parallel: each chunk of `chunk` values (the last may be
+/// shorter) is zero-filled and handed to `f` with its index by the task that fills it. The
+/// zeroing then runs on both cores, on memory that is about to be written anyway, instead of
+/// all on the calling thread before the work starts.
+pub(crate) fn par_zeroed(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut v = Vec::<f32>::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            c.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `c` was initialised just above, and `MaybeUninit<f32>`
+            // has the layout of `f32`.
+            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            f(i, c);
+        });
+    // SAFETY: the chunks cover `0..len` and each was initialised; a panic in `f` propagates
+    // out of `for_each` before this line.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Output columns `lo..hi` whose tap `kx` lands inside a row of `wv` values.
 fn valid_span(kx: usize, pad: usize, stride: usize, wv: usize, wo: usize) -> (usize, usize) {
     let lo = if kx >= pad {
@@ -236,6 +263,9 @@ fn for_each_tap(
 
 /// Unfolds one image into columns `off..off + ho wo` of `cols`, whose rows are `ld` apart.
 fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+    if g.stride == 2 && g.up == 1 {
+        return im2col_stride2(g, x, cols, ld, off);
+    }
     let wo = g.wo();
     for_each_tap(g, |row, oy, span| {
         let d = &mut cols[row * ld + off + oy * wo..][..wo];
@@ -275,6 +305,9 @@ fn scatter<const S: usize, const U: usize>(d: &[f32], dst: &mut [f32], start: us
 
 /// Folds columns `off..off + ho wo` of `cols` back onto one image, adding into `x`.
 fn col2im(g: &Geometry, cols: &[f32], ld: usize, off: usize, x: &mut [f32]) {
+    if g.stride == 2 && g.up == 1 {
+        return col2im_stride2(g, cols, ld, off, x);
+    }
     let wo = g.wo();
     for_each_tap(g, |row, oy, span| {
         let Some((lo, hi, src_row, start)) = span else {
@@ -293,6 +326,140 @@ fn col2im(g: &Geometry, cols: &[f32], ld: usize, off: usize, x: &mut [f32]) {
                 .iter()
                 .enumerate()
                 .for_each(|(i, v)| dst[(start + i * g.stride) / g.up] += v),
+        }
+    });
+}
+
+thread_local! {
+    static PHASES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Length of one phase row of a stride-2 convolution: the values a row of taps reads at even
+/// (or odd) padded positions, `wo - 1 + ceil(k / 2)` of them.
+fn phase_len(g: &Geometry) -> usize {
+    g.wo() - 1 + g.k.div_ceil(2)
+}
+
+/// Runs `f` with this thread's buffers for one input channel of a stride-2 convolution: the
+/// phases, `h` rows of two phase rows each, and one padded row of `2 phase_len`; both stale.
+fn with_phases<R>(g: &Geometry, f: impl FnOnce(&mut [f32], &mut [f32], usize) -> R) -> R {
+    let len = phase_len(g);
+    PHASES.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let need = 2 * g.h * len + 2 * len;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let (phases, padded) = buf[..need].split_at_mut(2 * g.h * len);
+        f(phases, padded, len)
+    })
+}
+
+/// The input values of one row that land in `padded`, a row with `pad` zeros in front.
+fn padded_span(pad: usize, w: usize, padded: usize) -> usize {
+    w.min(padded.saturating_sub(pad))
+}
+
+/// `d = s` for rows of `d.len()` values, with the common short lengths known at compile time
+/// (a call to `memcpy` costs more than copying four values).
+#[inline(always)]
+fn copy_row(d: &mut [f32], s: &[f32]) {
+    fn fixed<const N: usize>(d: &mut [f32], s: &[f32]) {
+        let d: &mut [f32; N] = d.try_into().expect("row length");
+        *d = s[..N].try_into().expect("row length");
+    }
+    match d.len() {
+        4 => fixed::<4>(d, s),
+        8 => fixed::<8>(d, s),
+        16 => fixed::<16>(d, s),
+        32 => fixed::<32>(d, s),
+        n => d.copy_from_slice(&s[..n]),
+    }
+}
+
+/// `d += s` elementwise, with the common short lengths known at compile time.
+#[inline(always)]
+fn add_row(d: &mut [f32], s: &[f32]) {
+    fn fixed<const N: usize>(d: &mut [f32], s: &[f32]) {
+        let d: &mut [f32; N] = d.try_into().expect("row length");
+        let s: &[f32; N] = s[..N].try_into().expect("row length");
+        d.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+    }
+    match d.len() {
+        4 => fixed::<4>(d, s),
+        8 => fixed::<8>(d, s),
+        16 => fixed::<16>(d, s),
+        32 => fixed::<32>(d, s),
+        _ => d.iter_mut().zip(s).for_each(|(a, b)| *a += b),
+    }
+}
+
+/// [`im2col`] for stride 2 without upsampling.
+///
+/// Tap `kx` of output column `ox` reads padded input position `2 ox + kx`: the even positions
+/// of a row for even taps, the odd ones for odd taps, shifted by `kx / 2`. Splitting each input
+/// row once into its two phases (zero-padded) turns every row of the unfolded matrix into plain
+/// copies of `wo` contiguous values.
+fn im2col_stride2(g: &Geometry, x: &[f32], cols: &mut [f32], ld: usize, off: usize) {
+    let (ho, wo, p) = (g.ho(), g.wo(), g.pixels_out());
+    with_phases(g, |phases, padded, len| {
+        let n = padded_span(g.pad, g.w, padded.len());
+        for ci in 0..g.c_in {
+            let plane = &x[ci * g.h * g.w..][..g.h * g.w];
+            for (row, two) in plane.chunks(g.w).zip(phases.chunks_mut(2 * len)) {
+                padded.fill(0.0);
+                padded[g.pad..g.pad + n].copy_from_slice(&row[..n]);
+                let (even, odd) = two.split_at_mut(len);
+                for ((e, o), pair) in even.iter_mut().zip(odd).zip(padded.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            }
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let r = (ci * g.k + ky) * g.k + kx;
+                    let dst = &mut cols[r * ld + off..][..p];
+                    for (oy, d) in dst.chunks_exact_mut(wo).enumerate().take(ho) {
+                        match (2 * oy + ky).checked_sub(g.pad).filter(|&iy| iy < g.h) {
+                            Some(iy) => copy_row(d, &phases[(2 * iy + kx % 2) * len + kx / 2..]),
+                            None => d.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`col2im`] for stride 2 without upsampling: the reverse of [`im2col_stride2`]. Each row of
+/// the unfolded matrix adds onto a phase row as contiguous values, then the two phases of each
+/// input row interleave back onto the image.
+fn col2im_stride2(g: &Geometry, cols: &[f32], ld: usize, off: usize, x: &mut [f32]) {
+    let (ho, wo, p) = (g.ho(), g.wo(), g.pixels_out());
+    with_phases(g, |phases, padded, len| {
+        let n = padded_span(g.pad, g.w, padded.len());
+        for ci in 0..g.c_in {
+            phases.fill(0.0);
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let r = (ci * g.k + ky) * g.k + kx;
+                    let src = &cols[r * ld + off..][..p];
+                    for (oy, d) in src.chunks_exact(wo).enumerate().take(ho) {
+                        if let Some(iy) = (2 * oy + ky).checked_sub(g.pad).filter(|&iy| iy < g.h) {
+                            add_row(&mut phases[(2 * iy + kx % 2) * len + kx / 2..][..wo], d);
+                        }
+                    }
+                }
+            }
+            let plane = &mut x[ci * g.h * g.w..][..g.h * g.w];
+            for (row, two) in plane.chunks_mut(g.w).zip(phases.chunks(2 * len)) {
+                let (even, odd) = two.split_at(len);
+                for ((pair, e), o) in padded.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = *e;
+                    pair[1] = *o;
+                }
+                add_row(&mut row[..n], &padded[g.pad..]);
+            }
         }
     });
 }
@@ -339,37 +506,30 @@ pub fn forward(
     slope: Option<f32>,
 ) -> Vec<f32> {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
-    let mut out = vec![0f32; g.n * g.image_out()];
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(group * g.image_out())
-        .enumerate()
-        .for_each(|(gi, out)| {
-            let (imgs, first) = (out.len() / g.image_out(), gi * group);
-            let ld = imgs * p;
-            let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
-            with_buffers(rows * ld, tmp_len, |cols, tmp| {
-                for i in 0..imgs {
-                    im2col(
-                        g,
-                        &x[(first + i) * g.image_in()..][..g.image_in()],
-                        cols,
-                        ld,
-                        i * p,
-                    );
-                }
-                let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
-                if imgs == 1 {
-                    matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
-                } else {
-                    matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
-                    images_first(tmp, out, imgs, g.c_out, p);
-                }
-            });
-            finish(out, g.c_out, p, bias, slope);
+    par_zeroed(g.n * g.image_out(), group * g.image_out(), |gi, out| {
+        let (imgs, first) = (out.len() / g.image_out(), gi * group);
+        let ld = imgs * p;
+        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+        with_buffers(rows * ld, tmp_len, |cols, tmp| {
+            for i in 0..imgs {
+                im2col(
+                    g,
+                    &x[(first + i) * g.image_in()..][..g.image_in()],
+                    cols,
+                    ld,
+                    i * p,
+                );
+            }
+            let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+            if imgs == 1 {
+                matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
+            } else {
+                matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
+                images_first(tmp, out, imgs, g.c_out, p);
+            }
         });
-    out
+        finish(out, g.c_out, p, bias, slope);
+    })
 }
 
 /// The input gradient `(n, c_in, h, w)` of a convolution from its output gradient `dy`, plus a
@@ -383,47 +543,40 @@ pub fn backward_data(
     slope: Option<f32>,
 ) -> Vec<f32> {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
-    let mut dx = vec![0f32; g.n * g.image_in()];
-    if dx.is_empty() {
-        return dx;
-    }
-    dx.par_chunks_mut(group * g.image_in())
-        .enumerate()
-        .for_each(|(gi, dx)| {
-            let (imgs, first) = (dx.len() / g.image_in(), gi * group);
-            let ld = imgs * p;
-            let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
-            let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
-            with_buffers(rows * ld, tmp_len, |cols, tmp| {
-                let rhs = if imgs == 1 {
-                    View::new(dy, p, 1)
-                } else {
-                    channels_first(dy, tmp, imgs, g.c_out, p);
-                    View::new(tmp, ld, 1)
-                };
-                matmul(
-                    rows,
-                    ld,
-                    g.c_out,
+    par_zeroed(g.n * g.image_in(), group * g.image_in(), |gi, dx| {
+        let (imgs, first) = (dx.len() / g.image_in(), gi * group);
+        let ld = imgs * p;
+        let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
+        let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+        with_buffers(rows * ld, tmp_len, |cols, tmp| {
+            let rhs = if imgs == 1 {
+                View::new(dy, p, 1)
+            } else {
+                channels_first(dy, tmp, imgs, g.c_out, p);
+                View::new(tmp, ld, 1)
+            };
+            matmul(
+                rows,
+                ld,
+                g.c_out,
+                cols,
+                ld,
+                false,
+                View::new(w, 1, rows),
+                rhs,
+            );
+            for i in 0..imgs {
+                col2im(
+                    g,
                     cols,
                     ld,
-                    false,
-                    View::new(w, 1, rows),
-                    rhs,
+                    i * p,
+                    &mut dx[i * g.image_in()..][..g.image_in()],
                 );
-                for i in 0..imgs {
-                    col2im(
-                        g,
-                        cols,
-                        ld,
-                        i * p,
-                        &mut dx[i * g.image_in()..][..g.image_in()],
-                    );
-                }
-            });
-            finish(dx, g.c_in, g.h * g.w, bias, slope);
+            }
         });
-    dx
+        finish(dx, g.c_in, g.h * g.w, bias, slope);
+    })
 }
 
 /// The weight gradient `(c_out, c_in k k)` and bias gradient `(c_out)` of a convolution, summed
@@ -850,16 +1003,13 @@ impl CustomOp2 for LeakyGrad {
             );
         }
         let slope = self.0;
-        let mut out = vec![0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .enumerate()
-            .for_each(|(i, out)| {
-                let at = i * ELEMENTWISE_CHUNK;
-                let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
-                for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
-                    *o = if *r > 0.0 { *g } else { *g * slope };
-                }
-            });
+        let out = par_zeroed(grad.len(), ELEMENTWISE_CHUNK, |i, out| {
+            let at = i * ELEMENTWISE_CHUNK;
+            let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
+            for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
+                *o = if *r > 0.0 { *g } else { *g * slope };
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -875,15 +1025,12 @@ impl CustomOp1 for LeakyRelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = f32_slice(s, l)?;
         let slope = self.0;
-        let mut out = vec![0f32; xs.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .enumerate()
-            .for_each(|(i, out)| {
-                let xs = &xs[i * ELEMENTWISE_CHUNK..][..out.len()];
-                out.iter_mut()
-                    .zip(xs)
-                    .for_each(|(o, x)| *o = if *x > 0.0 { *x } else { *x * slope });
-            });
+        let out = par_zeroed(xs.len(), ELEMENTWISE_CHUNK, |i, out| {
+            let xs = &xs[i * ELEMENTWISE_CHUNK..][..out.len()];
+            out.iter_mut()
+                .zip(xs)
+                .for_each(|(o, x)| *o = if *x > 0.0 { *x } else { *x * slope });
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -1031,6 +1178,11 @@ mod tests {
         check_conv(&[2, 3, 7, 9], &[4, 3, 4, 4], 2, 1, 1, Some(0.2));
         // More images than one group, so products over several images run too.
         check_conv(&[9, 4, 4, 4], &[6, 4, 4, 4], 2, 1, 1, Some(0.2));
+        // Odd kernels, no or wide padding, odd sizes: every phase-row edge case of stride 2.
+        check_conv(&[2, 3, 9, 7], &[4, 3, 3, 3], 2, 0, 1, None);
+        check_conv(&[2, 2, 9, 11], &[3, 2, 3, 3], 2, 1, 1, Some(0.2));
+        check_conv(&[2, 2, 7, 7], &[3, 2, 5, 5], 2, 2, 1, None);
+        check_conv(&[1, 2, 6, 6], &[2, 2, 2, 2], 2, 0, 1, None);
     }
 
     #[test]
@@ -1071,6 +1223,8 @@ mod tests {
         check_transpose(&[2, 3, 3, 5], &[3, 5, 4, 4], 2, 1, Some(0.2));
         check_transpose(&[40, 6, 2, 2], &[6, 3, 4, 4], 2, 1, Some(0.2));
         check_transpose(&[2, 3, 5, 5], &[3, 2, 3, 3], 1, 1, None);
+        check_transpose(&[2, 3, 4, 5], &[3, 2, 3, 3], 2, 1, Some(0.2));
+        check_transpose(&[2, 2, 3, 3], &[2, 3, 5, 5], 2, 2, None);
     }
 
     #[test]

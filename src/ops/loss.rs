@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
+use super::conv::{f32_slice, par_zeroed};
 
 /// Per-image binary cross-entropy `(n,)` of logits `l` against targets `x` in [0, 1], both
 /// `(n, ...)`: `sum_j max(l_j, 0) - l_j x_j + ln(1 + exp(-|l_j|))`, summed in f64.

@@ -8,6 +8,7 @@
 //! groups, output padding), and when [`Kernels::Candle`] is chosen, they run candle's own ops,
 //! so GPU builds use candle's GPU kernels.
 
+pub mod adam;
 pub mod conv;
 pub mod loss;
 
@@ -57,7 +58,7 @@ pub fn set_kernels(kernels: Kernels) {
     KERNELS.store(code, Ordering::Relaxed);
 }
 
-fn native(xs: &Tensor) -> bool {
+pub(crate) fn native(xs: &Tensor) -> bool {
     kernels() == Kernels::Native && xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
