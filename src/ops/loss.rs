@@ -101,19 +101,12 @@ impl CustomOp3 for BceGrad {
         if grad.len() != n {
             candle_core::bail!("loss gradient of {} values for {n} images", grad.len());
         }
-        let mut out = vec![0f32; logits.len()];
-        if per > 0 {
-            out.par_chunks_mut(per).enumerate().for_each(|(i, out)| {
-                let (l, x, g) = (
-                    &logits[i * per..][..per],
-                    &targets[i * per..][..per],
-                    grad[i],
-                );
-                for ((o, &l), &x) in out.iter_mut().zip(l).zip(x) {
-                    *o = (1.0 / (1.0 + (-l).exp()) - x) * g;
-                }
-            });
-        }
+        let out = par_zeroed(logits.len(), per, |i, out| {
+            let (l, x, g) = (&logits[i * per..][..per], &targets[i * per..][..per], grad[i]);
+            for ((o, &l), &x) in out.iter_mut().zip(l).zip(x) {
+                *o = (1.0 / (1.0 + (-l).exp()) - x) * g;
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
