@@ -579,6 +579,88 @@ pub fn backward_data(
     })
 }
 
+/// A convolution `y = w x` (no bias) and the weight gradient `dw = dy x^T` summed over the batch,
+/// from one unfolding of `x`: `x (n, c_in, h, w)`, `w (c_out, c_in, k, k)`, `dy (n, c_out, ho,
+/// wo)`. Returns `y` and `dw (c_out, c_in k k)`.
+///
+/// This is the backward pass of a transposed convolution (see [`ConvTranspose2d`]): its output
+/// gradient is `x` here, its input gradient is `y`, and its weight gradient is `dw`. Done
+/// separately, both would unfold the same large `x`. `y` has room for `spare` more values.
+pub fn forward_and_weight(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    spare: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
+    let len = g.n * g.image_out();
+    let mut y = Vec::<f32>::with_capacity(len + spare);
+    // A fixed share of the groups per task, summed in task order: the result does not depend
+    // on how rayon schedules the tasks.
+    let groups = g.n.div_ceil(group);
+    let tasks = rayon::current_num_threads().clamp(1, groups.max(1));
+    let mut shares = Vec::with_capacity(tasks);
+    let mut rest = &mut y.spare_capacity_mut()[..len];
+    for t in 0..tasks {
+        let (g0, g1) = (t * groups / tasks, (t + 1) * groups / tasks);
+        let imgs = (g1 * group).min(g.n) - (g0 * group).min(g.n);
+        let (share, tail) = rest.split_at_mut(imgs * g.image_out());
+        shares.push((g0..g1, share));
+        rest = tail;
+    }
+    let partials: Vec<Vec<f32>> = shares
+        .into_par_iter()
+        .map(|(range, share)| {
+            share.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element of `share` was initialised just above, and
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            let share = unsafe { &mut *(share as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let mut dw = vec![0f32; g.c_out * rows];
+            let g0 = range.start;
+            for gi in range {
+                let first = gi * group;
+                let imgs = group.min(g.n - first);
+                let out =
+                    &mut share[(first - g0 * group) * g.image_out()..][..imgs * g.image_out()];
+                let ld = imgs * p;
+                let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
+                let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
+                with_buffers(rows * ld, tmp_len, |cols, tmp| {
+                    for i in 0..imgs {
+                        let image = &x[(first + i) * g.image_in()..][..g.image_in()];
+                        im2col(g, image, cols, ld, i * p);
+                    }
+                    let (wv, cv) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+                    let dyv = if imgs == 1 {
+                        matmul(g.c_out, p, rows, out, p, false, wv, cv);
+                        View::new(dy, p, 1)
+                    } else {
+                        matmul(g.c_out, ld, rows, tmp, ld, false, wv, cv);
+                        images_first(tmp, out, imgs, g.c_out, p);
+                        channels_first(dy, tmp, imgs, g.c_out, p);
+                        View::new(tmp, ld, 1)
+                    };
+                    let colt = View::new(cols, 1, ld);
+                    matmul(g.c_out, rows, ld, &mut dw, rows, true, dyv, colt);
+                });
+            }
+            dw
+        })
+        .collect();
+    let dw = partials
+        .into_iter()
+        .reduce(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; g.c_out * rows]);
+    // SAFETY: the shares cover `0..len` and each was initialised; a panic in a task
+    // propagates out of `collect` before this line.
+    unsafe { y.set_len(len) };
+    (y, dw)
+}
+
 /// The weight gradient `(c_out, c_in k k)` and bias gradient `(c_out)` of a convolution, summed
 /// over the batch, from its input `x` and output gradient `dy`.
 pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -656,13 +738,7 @@ fn sum(xs: &[f32]) -> f32 {
 fn channel_sums(xs: &[f32], c: usize, p: usize) -> Vec<f32> {
     (0..c)
         .into_par_iter()
-        .map(|ch| {
-            xs.chunks(p)
-                .skip(ch)
-                .step_by(c)
-                .map(sum)
-                .sum()
-        })
+        .map(|ch| xs.chunks(p).skip(ch).step_by(c).map(sum).sum())
         .collect()
 }
 
@@ -868,7 +944,25 @@ impl CustomOp3 for ConvTranspose2d {
                 .apply_op2_no_bwd(res, &LeakyGrad(slope))?,
             None => grad.contiguous()?,
         };
-        let dx = match x.track_op() {
+        let (need_dx, need_dw) = (x.track_op(), w.track_op() || b.track_op());
+        if need_dx && need_dw {
+            // Both from one unfolding of the output gradient: `[dx | dw | db]` in one buffer.
+            let k = w.dim(2)?;
+            let both = grad.apply_op3_no_bwd(
+                x,
+                w,
+                &TransposeBackward {
+                    params: self.params,
+                    k,
+                },
+            )?;
+            let nx = x.elem_count();
+            let dx = both.narrow(0, 0, nx)?.reshape(x.shape())?;
+            let rest = both.narrow(0, nx, both.dim(0)? - nx)?;
+            let (dw, db) = split_weight_grad(Some(rest), w.dims4()?)?;
+            return Ok((Some(dx), dw, db));
+        }
+        let dx = match need_dx {
             true => Some(grad.apply_op2_no_bwd(
                 w,
                 &Pass::Forward {
@@ -878,7 +972,7 @@ impl CustomOp3 for ConvTranspose2d {
             false => None,
         };
         // The weight gradient is the equivalent convolution's, with input and output swapped.
-        let dw = match w.track_op() || b.track_op() {
+        let dw = match need_dw {
             true => {
                 let pass = Pass::Weight {
                     params: self.params,
@@ -891,6 +985,41 @@ impl CustomOp3 for ConvTranspose2d {
         };
         let (dw, db) = split_weight_grad(dw, w.dims4()?)?;
         Ok((dx, dw, db))
+    }
+}
+
+/// `(dz, x, w) -> [dx | dw | db]` flattened: every gradient of a transposed convolution
+/// `z = conv_transpose(x, w) + b` from its output gradient `dz`, with one unfolding of `dz`.
+struct TransposeBackward {
+    params: ConvParams,
+    k: usize,
+}
+
+impl CustomOp3 for TransposeBackward {
+    fn name(&self) -> &'static str {
+        "facestudio-conv-transpose2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dz, x, w) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let g = self.params.transposed(dims4(l2)?, dims4(l3)?)?;
+        if dims4(l1)? != (g.n, g.c_in, g.h, g.w) || g.k != self.k {
+            candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
+        }
+        let spare = g.c_out * g.rows() + g.c_in;
+        let (mut both, dw) = forward_and_weight(&g, dz, w, x, spare);
+        both.extend_from_slice(&dw);
+        both.extend_from_slice(&channel_sums(dz, g.c_in, g.h * g.w));
+        let len = both.len();
+        Ok((CpuStorage::F32(both), Shape::from(len)))
     }
 }
 

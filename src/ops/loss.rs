@@ -102,7 +102,11 @@ impl CustomOp3 for BceGrad {
             candle_core::bail!("loss gradient of {} values for {n} images", grad.len());
         }
         let out = par_zeroed(logits.len(), per, |i, out| {
-            let (l, x, g) = (&logits[i * per..][..per], &targets[i * per..][..per], grad[i]);
+            let (l, x, g) = (
+                &logits[i * per..][..per],
+                &targets[i * per..][..per],
+                grad[i],
+            );
             for ((o, &l), &x) in out.iter_mut().zip(l).zip(x) {
                 *o = (1.0 / (1.0 + (-l).exp()) - x) * g;
             }
