@@ -185,7 +185,7 @@ mod tests {
         };
         let g2 = (&g * s.scale).unwrap();
         let m2 = ((&m * s.beta1).unwrap() + (&g2 * (1.0 - s.beta1)).unwrap()).unwrap();
-        let v2 = ((&v * s.beta2).unwrap() + (g2.sqr().unwrap() * (1.0 - s.beta2)).unwrap());
+        let v2 = (&v * s.beta2).unwrap() + (g2.sqr().unwrap() * (1.0 - s.beta2)).unwrap();
         let v2 = v2.unwrap();
         let denom = ((&v2 / s.bias2).unwrap().sqrt().unwrap() + s.eps).unwrap();
         let w2 = (&w - ((&m2 / &denom).unwrap() * s.step_size).unwrap()).unwrap();
