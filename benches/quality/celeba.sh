@@ -27,7 +27,10 @@ while [ $# -gt 0 ]; do
 done
 [ -d "$data" ] || { echo "CelebA images not found in $data (pass --data DIR)" >&2; exit 1; }
 py=benches/peer/.venv/bin/python
-[ -x "$py" ] || { echo "the PyTorch peer is not installed; run benches/peer.sh --quick once" >&2; exit 1; }
+if [ ! -x "$py" ]; then
+    echo "the PyTorch peer is not installed; run benches/peer.sh --quick once" >&2
+    exit 1
+fi
 cargo build --release --quiet
 bin=target/release/facestudio
 out=runs/celeba-bench

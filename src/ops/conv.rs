@@ -497,6 +497,33 @@ fn finish(out: &mut [f32], c: usize, p: usize, bias: Option<&[f32]>, slope: Opti
     }
 }
 
+/// Unfolds images `first..first + imgs` of `x` side by side into `cols`, `imgs ho wo` wide.
+fn unfold(g: &Geometry, x: &[f32], first: usize, imgs: usize, cols: &mut [f32]) {
+    let (p, ld) = (g.pixels_out(), imgs * g.pixels_out());
+    for i in 0..imgs {
+        im2col(
+            g,
+            &x[(first + i) * g.image_in()..][..g.image_in()],
+            cols,
+            ld,
+            i * p,
+        );
+    }
+}
+
+/// `out = w cols` for `imgs` unfolded images, written image by image as `(imgs, c_out, ho, wo)`;
+/// `tmp` (`c_out imgs ho wo` values, unused for one image) holds the product on the way.
+fn multiply(g: &Geometry, w: &[f32], cols: &[f32], imgs: usize, out: &mut [f32], tmp: &mut [f32]) {
+    let (p, rows, ld) = (g.pixels_out(), g.rows(), imgs * g.pixels_out());
+    let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+    if imgs == 1 {
+        matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
+    } else {
+        matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
+        images_first(tmp, out, imgs, g.c_out, p);
+    }
+}
+
 /// A convolution `(n, c_in, h, w) -> (n, c_out, ho, wo)`, plus `bias`, then a leaky ReLU.
 pub fn forward(
     g: &Geometry,
@@ -511,22 +538,8 @@ pub fn forward(
         let ld = imgs * p;
         let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
         with_buffers(rows * ld, tmp_len, |cols, tmp| {
-            for i in 0..imgs {
-                im2col(
-                    g,
-                    &x[(first + i) * g.image_in()..][..g.image_in()],
-                    cols,
-                    ld,
-                    i * p,
-                );
-            }
-            let (lhs, rhs) = (View::new(w, rows, 1), View::new(cols, ld, 1));
-            if imgs == 1 {
-                matmul(g.c_out, p, rows, out, p, false, lhs, rhs);
-            } else {
-                matmul(g.c_out, ld, rows, tmp, ld, false, lhs, rhs);
-                images_first(tmp, out, imgs, g.c_out, p);
-            }
+            unfold(g, x, first, imgs, cols);
+            multiply(g, w, cols, imgs, out, tmp);
         });
         finish(out, g.c_out, p, bias, slope);
     })
@@ -627,17 +640,11 @@ pub fn forward_and_weight(
                 let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
                 let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
                 with_buffers(rows * ld, tmp_len, |cols, tmp| {
-                    for i in 0..imgs {
-                        let image = &x[(first + i) * g.image_in()..][..g.image_in()];
-                        im2col(g, image, cols, ld, i * p);
-                    }
-                    let (wv, cv) = (View::new(w, rows, 1), View::new(cols, ld, 1));
+                    unfold(g, x, first, imgs, cols);
+                    multiply(g, w, cols, imgs, out, tmp);
                     let dyv = if imgs == 1 {
-                        matmul(g.c_out, p, rows, out, p, false, wv, cv);
                         View::new(dy, p, 1)
                     } else {
-                        matmul(g.c_out, ld, rows, tmp, ld, false, wv, cv);
-                        images_first(tmp, out, imgs, g.c_out, p);
                         channels_first(dy, tmp, imgs, g.c_out, p);
                         View::new(tmp, ld, 1)
                     };
@@ -680,15 +687,7 @@ pub fn backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f3
                 let dy = &dy[first * g.image_out()..][..imgs * g.image_out()];
                 let tmp_len = if imgs > 1 { g.c_out * ld } else { 0 };
                 with_buffers(rows * ld, tmp_len, |cols, tmp| {
-                    for i in 0..imgs {
-                        im2col(
-                            g,
-                            &x[(first + i) * g.image_in()..][..g.image_in()],
-                            cols,
-                            ld,
-                            i * p,
-                        );
-                    }
+                    unfold(g, x, first, imgs, cols);
                     let lhs = if imgs == 1 {
                         View::new(dy, p, 1)
                     } else {
