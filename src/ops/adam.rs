@@ -129,17 +129,19 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
         .all(|t| super::native(t) && t.is_contiguous())
 }
 
-/// The sum of the squares of a tensor's values, in f64, in parallel.
+/// The sum of the squares of a tensor's values, in f64, in parallel, the same on every call.
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!("sum_squares runs on the CPU only");
     };
     let xs = f32_slice(cpu, layout)?;
-    Ok(xs
+    // Chunk sums added in order, so the result does not depend on the scheduling.
+    let chunks: Vec<f64> = xs
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum())
+        .collect();
+    Ok(chunks.iter().sum())
 }
 
 /// One Adam update of the weights `w` and moments `m`, `v` in place from the gradient `g`.
