@@ -102,7 +102,10 @@ impl Adam {
             };
             gs.push(g);
         }
-        let grad_norm = sq.sqrt();
+        // Summed in f64, but judged as the f32 model holds it: a squared norm past f32's range
+        // (a gradient norm over about 1.8e19) reads as infinite, which the trainer treats as
+        // divergence rather than as a step Adam's normalisation would quietly shrink.
+        let grad_norm = ((sq as f32) as f64).sqrt();
         let clipped = clip > 0.0 && grad_norm > clip;
         let scale = if clipped { clip / grad_norm } else { 1.0 };
         self.meta.t += 1;

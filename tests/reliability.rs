@@ -200,10 +200,14 @@ fn a_diverging_learning_rate_is_caught_and_no_bad_checkpoint_is_written() {
         if let Some(s) = t.0.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            Instant::now() < end,
-            "the trainer neither recovered nor stopped"
-        );
+        if Instant::now() >= end {
+            let log = std::fs::read_to_string(run.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "the trainer neither recovered nor stopped; train.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
