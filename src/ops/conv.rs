@@ -193,6 +193,14 @@ fn with_buffers<R>(cols: usize, tmp: usize, f: impl FnOnce(&mut [f32], &mut [f32
     })
 }
 
+/// Fills not yet initialised values with zeros and hands them back as ordinary values.
+fn zero_fill(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was initialised just above, and `MaybeUninit<f32>` has the layout
+    // of `f32`.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// A vector of `len` values built in parallel: each chunk of `chunk` values (the last may be
 /// shorter) is zero-filled and handed to `f` with its index by the task that fills it. The
 /// zeroing then runs on both cores, on memory that is about to be written anyway, instead of
@@ -207,10 +215,7 @@ pub(crate) fn par_zeroed(
         .par_chunks_mut(chunk.max(1))
         .enumerate()
         .for_each(|(i, c)| {
-            c.fill(MaybeUninit::new(0.0));
-            // SAFETY: every element of `c` was initialised just above, and `MaybeUninit<f32>`
-            // has the layout of `f32`.
-            let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let c = zero_fill(c);
             f(i, c);
         });
     // SAFETY: the chunks cover `0..len` and each was initialised; a panic in `f` propagates
@@ -625,10 +630,7 @@ pub fn forward_and_weight(
     let partials: Vec<Vec<f32>> = shares
         .into_par_iter()
         .map(|(range, share)| {
-            share.fill(MaybeUninit::new(0.0));
-            // SAFETY: every element of `share` was initialised just above, and
-            // `MaybeUninit<f32>` has the layout of `f32`.
-            let share = unsafe { &mut *(share as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let share = zero_fill(share);
             let mut dw = vec![0f32; g.c_out * rows];
             let g0 = range.start;
             for gi in range {
