@@ -180,9 +180,9 @@ fn run_case(args: &Args, kernels: Kernels, upsample: Upsample) -> anyhow::Result
     let (mut fwd, mut bwd, mut opt) = (0.0, 0.0, 0.0);
     for step in 0..args.warmup + args.steps {
         let t0 = Instant::now();
-        let losses = vae.losses(&batches[step % batches.len()], 1.0, &mut rng)?;
+        let forward = vae.forward_train(&batches[step % batches.len()], 1.0, &mut rng)?;
         let t1 = Instant::now();
-        let grads = losses.total.backward()?;
+        let grads = vae.backward(forward)?;
         let t2 = Instant::now();
         adam.step(&grads, 0.0)?;
         let t3 = Instant::now();

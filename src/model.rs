@@ -18,6 +18,10 @@ use candle_nn::{
 use crate::config::{Arch, ModelConfig, ModelKind, ReconLoss, Upsample};
 use crate::rng::Rng;
 
+mod backward;
+
+pub use backward::Gradients;
+
 /// Slope of the leaky ReLU used between convolutions.
 const LEAK: f64 = 0.2;
 
@@ -139,11 +143,23 @@ impl Vae {
 
     /// Encodes images `(n, c, h, w)` in [0, 1].
     pub fn encode(&self, xs: &Tensor) -> Result<Encoded> {
+        self.encode_traced(xs, None)
+    }
+
+    /// [`Vae::encode`], pushing onto `trace` (conv body only) the input of every convolution
+    /// and the last one's output.
+    fn encode_traced(&self, xs: &Tensor, mut trace: Option<&mut Vec<Tensor>>) -> Result<Encoded> {
         let features = match &self.body {
             Body::Conv { down, .. } => {
                 let mut h = xs.clone();
                 for conv in down {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(h.clone());
+                    }
                     h = crate::ops::conv2d(&h, conv, Some(LEAK))?;
+                }
+                if let Some(t) = trace {
+                    t.push(h.clone());
                 }
                 h.flatten_from(1)?
             }
@@ -160,6 +176,12 @@ impl Vae {
 
     /// Decodes latents `(n, d)` to the parameters of the pixel likelihood.
     pub fn decode_params(&self, zs: &Tensor) -> Result<Decoded> {
+        self.decode_traced(zs, None)
+    }
+
+    /// [`Vae::decode_params`], pushing onto `trace` (conv body only) the input of every up
+    /// layer and the last one's output.
+    fn decode_traced(&self, zs: &Tensor, mut trace: Option<&mut Vec<Tensor>>) -> Result<Decoded> {
         let n = zs.dim(0)?;
         let s = self.shape;
         match &self.body {
@@ -171,11 +193,17 @@ impl Vae {
                 // every other one carries the activation the next layer reads.
                 let mut h = crate::ops::leaky_relu(&h, LEAK)?;
                 for (i, layer) in up.iter().enumerate() {
+                    if let Some(t) = trace.as_deref_mut() {
+                        t.push(h.clone());
+                    }
                     let last = i + 1 == up.len();
                     h = layer.forward(&h, (!last).then_some(LEAK))?;
                     if last && self.config.recon_loss != ReconLoss::Bce {
                         h = candle_nn::ops::sigmoid(&h)?;
                     }
+                }
+                if let Some(t) = trace {
+                    t.push(h.clone());
                 }
                 Ok(Decoded {
                     out: h,
@@ -214,15 +242,24 @@ impl Vae {
 
     /// Draws latents for training: `mu + sigma * eps` with `eps` from `rng`; `mu` for `ae`.
     pub fn reparameterize(&self, enc: &Encoded, rng: &mut Rng) -> Result<Tensor> {
-        let Some(logvar) = &enc.logvar else {
-            return Ok(enc.mu.clone());
-        };
-        let eps = Tensor::from_vec(
-            rng.normals(enc.mu.elem_count()),
-            enc.mu.shape(),
-            &self.device,
-        )?;
-        enc.mu.add(&(logvar * 0.5)?.exp()?.mul(&eps)?)
+        let eps = self.draw_eps(enc, rng)?;
+        self.reparameterize_with(enc, eps.as_ref())
+    }
+
+    /// The standard normal noise of [`Vae::reparameterize`]; none for `ae`.
+    fn draw_eps(&self, enc: &Encoded, rng: &mut Rng) -> Result<Option<Tensor>> {
+        if enc.logvar.is_none() {
+            return Ok(None);
+        }
+        let values = rng.normals(enc.mu.elem_count());
+        Tensor::from_vec(values, enc.mu.shape(), &self.device).map(Some)
+    }
+
+    fn reparameterize_with(&self, enc: &Encoded, eps: Option<&Tensor>) -> Result<Tensor> {
+        match (&enc.logvar, eps) {
+            (Some(logvar), Some(eps)) => enc.mu.add(&(logvar * 0.5)?.exp()?.mul(eps)?),
+            _ => Ok(enc.mu.clone()),
+        }
     }
 
     /// Negative log-likelihood of `xs` under the decoded parameters, per image `(n,)`, in nats.
@@ -260,14 +297,55 @@ impl Vae {
 
     /// The training losses of a batch, averaged over its images.
     pub fn losses(&self, xs: &Tensor, beta: f64, rng: &mut Rng) -> Result<Losses> {
-        let enc = self.encode(xs)?;
-        let zs = self.reparameterize(&enc, rng)?;
-        let dec = self.decode_params(&zs)?;
+        Ok(self.forward_train(xs, beta, rng)?.losses)
+    }
+
+    /// The training forward pass of a batch: its losses, and what [`Vae::backward`] needs.
+    ///
+    /// The conv model with the Bernoulli likelihood on the CPU's native kernels keeps its
+    /// activations for a hand-written backward pass; every other model is differentiated by
+    /// candle's autograd from the losses' graph.
+    pub fn forward_train(&self, xs: &Tensor, beta: f64, rng: &mut Rng) -> Result<Forward> {
+        let taped = matches!(self.body, Body::Conv { .. })
+            && self.config.recon_loss == ReconLoss::Bce
+            && crate::ops::native(xs);
+        let (mut down, mut up) = (Vec::new(), Vec::new());
+        let enc = self.encode_traced(xs, taped.then_some(&mut down))?;
+        let eps = self.draw_eps(&enc, rng)?;
+        let zs = self.reparameterize_with(&enc, eps.as_ref())?;
+        let dec = self.decode_traced(&zs, taped.then_some(&mut up))?;
         let recon = self.recon_nll(&dec, xs)?.mean_all()?;
         let kl = self.kl(&enc)?.mean_all()?;
         let total = (&recon + (&kl * beta)?)?;
-        Ok(Losses { recon, kl, total })
+        let tape = taped.then(|| backward::Tape {
+            xs: xs.clone(),
+            down,
+            enc,
+            eps,
+            zs,
+            up,
+            beta,
+        });
+        Ok(Forward {
+            losses: Losses { recon, kl, total },
+            tape,
+        })
     }
+
+    /// The gradients of `fwd`'s total loss for every weight.
+    pub fn backward(&self, fwd: Forward) -> Result<Gradients> {
+        match fwd.tape {
+            Some(tape) => backward::backward(self, tape).map(Gradients::Manual),
+            None => fwd.losses.total.backward().map(Gradients::Autograd),
+        }
+    }
+}
+
+/// A training forward pass (see [`Vae::forward_train`]).
+pub struct Forward {
+    /// The batch's losses.
+    pub losses: Losses,
+    tape: Option<backward::Tape>,
 }
 
 fn build_conv(config: &ModelConfig, shape: ImageShape, vb: &VarBuilder) -> Result<(Body, usize)> {

@@ -4,9 +4,10 @@
 //! zero and train differently from one that never stopped. This one exposes them.
 
 use candle_core::Var;
-use candle_core::{backprop::GradStore, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use crate::checkpoint::AdamMeta;
+use crate::model::Gradients;
 use crate::ops::adam::{self, AdamStep};
 
 /// Adam over a fixed list of named variables.
@@ -88,7 +89,7 @@ impl Adam {
     }
 
     /// Applies one update from `grads`, clipping the global norm to `clip` when it is positive.
-    pub fn step(&mut self, grads: &GradStore, clip: f64) -> Result<UpdateInfo> {
+    pub fn step(&mut self, grads: &Gradients, clip: f64) -> Result<UpdateInfo> {
         let mut gs = Vec::with_capacity(self.vars.len());
         let mut sq = 0.0f64;
         for (_, var) in &self.vars {

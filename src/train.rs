@@ -528,7 +528,8 @@ impl Trainer {
             let beta = beta_at(t.beta, t.kl_warmup_steps, self.step);
             self.adam.lr = lr_at(t.lr, t.lr_schedule, self.step, t.steps);
             let mut noise = Rng::keyed(t.seed, "noise", self.step);
-            let losses = self.model.losses(&xs, beta, &mut noise)?;
+            let forward = self.model.forward_train(&xs, beta, &mut noise)?;
+            let losses = &forward.losses;
             let total = losses.total.to_scalar::<f32>()? as f64;
             let recon = losses.recon.to_scalar::<f32>()? as f64;
             let kl = losses.kl.to_scalar::<f32>()? as f64;
@@ -541,7 +542,7 @@ impl Trainer {
                 self.diverged(what, emit);
                 continue;
             }
-            let grads = losses.total.backward()?;
+            let grads = self.model.backward(forward)?;
             let info = self.adam.step(&grads, t.grad_clip)?;
             if !info.grad_norm.is_finite() {
                 // The update already happened with a non-finite gradient: the weights are

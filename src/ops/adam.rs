@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use super::conv::f32_slice;
+use super::conv::{f32_slice, f32_slice_mut};
 
 /// Values per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -28,16 +28,6 @@ pub struct AdamStep {
     pub bias2: f64,
     /// Added to the denominator.
     pub eps: f64,
-}
-
-fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("Adam's kernels take f32 only")
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&mut data[start..end]),
-        None => candle_core::bail!("Adam's kernels take contiguous tensors only"),
-    }
 }
 
 fn same_len(a: usize, b: usize) -> Result<()> {

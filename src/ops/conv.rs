@@ -17,7 +17,9 @@
 //! The input may be upsampled by nearest neighbour on the fly (`up = 2`): the decoder's
 //! upsample-then-convolve then never builds the four times larger image.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -754,6 +756,17 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
     }
 }
 
+/// The contiguous f32 data of a CPU tensor, to update in place.
+pub(crate) fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("in-place kernels take f32 only")
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => candle_core::bail!("in-place kernels take contiguous tensors only"),
+    }
+}
+
 fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
     l.shape().dims4()
 }
@@ -864,16 +877,48 @@ impl CustomOp3 for Conv2d {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = match self.slope {
-            Some(slope) => grad
-                .contiguous()?
-                .apply_op2_no_bwd(res, &LeakyGrad(slope))?,
-            None => grad.contiguous()?,
-        };
-        let (_, _, h, wd) = x.dims4()?;
+        let dpre = pre_activation_grad(grad, res, self.slope)?;
         // Images straight from the data need no gradient; skipping it saves a whole product.
-        let dx = match x.track_op() {
-            true => Some(grad.apply_op2_no_bwd(
+        let need = Needs {
+            input: x.track_op(),
+            weight: w.track_op() || b.track_op(),
+        };
+        self.grads(x, w, &dpre, need)
+    }
+}
+
+/// Which gradients a backward pass computes.
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    /// The gradient of the input.
+    pub input: bool,
+    /// The gradients of the weight and the bias.
+    pub weight: bool,
+}
+
+/// The gradient before a leaky ReLU of `slope` (if any) from the one after it, `grad`, and the
+/// activation's output `res`.
+fn pre_activation_grad(grad: &Tensor, res: &Tensor, slope: Option<f32>) -> Result<Tensor> {
+    match slope {
+        Some(slope) => grad.contiguous()?.apply_op2_no_bwd(res, &LeakyGrad(slope)),
+        None => grad.contiguous(),
+    }
+}
+
+impl Conv2d {
+    /// `(dx, dw, db)` of `leaky(conv(x, w) + b)` from `dpre`, the gradient of its output before
+    /// the leaky ReLU, computing what `need` asks for.
+    pub fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dpre: &Tensor,
+        need: Needs,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dpre = dpre.contiguous()?;
+        let (_, _, h, wd) = x.dims4()?;
+        let dx = match need.input {
+            true => Some(dpre.apply_op2_no_bwd(
                 w,
                 &Pass::Data {
                     params: self.params,
@@ -883,14 +928,14 @@ impl CustomOp3 for Conv2d {
             )?),
             false => None,
         };
-        let dw = match w.track_op() || b.track_op() {
+        let dw = match need.weight {
             true => {
                 let pass = Pass::Weight {
                     params: self.params,
                     k: w.dim(2)?,
                     transposed: false,
                 };
-                Some(x.apply_op2_no_bwd(&grad, &pass)?)
+                Some(x.contiguous()?.apply_op2_no_bwd(&dpre, &pass)?)
             }
             false => None,
         };
@@ -939,13 +984,28 @@ impl CustomOp3 for ConvTranspose2d {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = match self.slope {
-            Some(slope) => grad
-                .contiguous()?
-                .apply_op2_no_bwd(res, &LeakyGrad(slope))?,
-            None => grad.contiguous()?,
+        let dpre = pre_activation_grad(grad, res, self.slope)?;
+        let need = Needs {
+            input: x.track_op(),
+            weight: w.track_op() || b.track_op(),
         };
-        let (need_dx, need_dw) = (x.track_op(), w.track_op() || b.track_op());
+        self.grads(x, w, &dpre, need)
+    }
+}
+
+impl ConvTranspose2d {
+    /// `(dx, dw, db)` of `leaky(conv_transpose(x, w) + b)` from `dpre`, the gradient of its
+    /// output before the leaky ReLU, computing what `need` asks for.
+    pub fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dpre: &Tensor,
+        need: Needs,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = dpre.contiguous()?;
+        let x = &x.contiguous()?;
+        let (need_dx, need_dw) = (need.input, need.weight);
         if need_dx && need_dw {
             // Both from one unfolding of the output gradient: `[dx | dw | db]` in one buffer.
             let k = w.dim(2)?;
@@ -1153,6 +1213,43 @@ impl CustomOp2 for LeakyGrad {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `grad *= (res > 0 ? 1 : slope)` in place: [`LeakyGrad`] for a gradient nothing else reads.
+pub struct LeakyGradInPlace(pub f32);
+
+impl InplaceOp2 for LeakyGradInPlace {
+    fn name(&self) -> &'static str {
+        "facestudio-leaky-relu-backward-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (grad, res) = (f32_slice_mut(s1, l1)?, f32_slice(s2, l2)?);
+        if grad.len() != res.len() {
+            candle_core::bail!(
+                "leaky ReLU gradient of {} values for {}",
+                grad.len(),
+                res.len()
+            );
+        }
+        let slope = self.0;
+        grad.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(res.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(|(grad, res)| {
+                for (g, r) in grad.iter_mut().zip(res) {
+                    if *r <= 0.0 {
+                        *g *= slope;
+                    }
+                }
+            });
+        Ok(())
     }
 }
 

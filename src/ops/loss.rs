@@ -71,10 +71,16 @@ impl CustomOp2 for BceWithLogits {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let dl = logits.apply_op3_no_bwd(targets, &grad, &BceGrad)?;
-        Ok((Some(dl), None))
+        Ok((Some(grad_logits(logits, targets, grad)?), None))
     }
+}
+
+/// The gradient of [`BceWithLogits`] for the logits, from the gradient `grad (n,)` of its
+/// per-image sums.
+pub fn grad_logits(logits: &Tensor, targets: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op3_no_bwd(&targets.contiguous()?, &grad.contiguous()?, &BceGrad)
 }
 
 /// `(sigmoid(l) - x) g_i` for every value of image `i`: the gradient of [`BceWithLogits`].

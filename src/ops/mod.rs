@@ -143,6 +143,91 @@ pub fn conv_transpose2d(
     )
 }
 
+/// The gradients `(dx, dw, db)` of [`upsample_conv2d`] on the native kernels, from `dpre`, the
+/// gradient of the layer's output before its leaky ReLU; `dx` only when `need_input`.
+pub fn upsample_conv2d_grads(
+    xs: &Tensor,
+    scale: usize,
+    layer: &Conv2d,
+    dpre: &Tensor,
+    need_input: bool,
+) -> Result<LayerGrads> {
+    let cfg = layer.config();
+    if cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
+        candle_core::bail!("native convolution gradients for an unsupported layer: {cfg:?}");
+    }
+    let op = conv::Conv2d {
+        params: ConvParams {
+            stride: cfg.stride,
+            pad: cfg.padding,
+            up: scale,
+        },
+        slope: None,
+    };
+    let need = conv::Needs {
+        input: need_input,
+        weight: true,
+    };
+    let (dx, dw, db) = op.grads(xs, &layer.weight().contiguous()?, dpre, need)?;
+    LayerGrads::new(dx, dw, db)
+}
+
+/// The gradients `(dx, dw, db)` of [`conv_transpose2d`] on the native kernels, from `dpre`, the
+/// gradient of the layer's output before its leaky ReLU.
+pub fn conv_transpose2d_grads(
+    xs: &Tensor,
+    layer: &ConvTranspose2d,
+    dpre: &Tensor,
+) -> Result<LayerGrads> {
+    let cfg = layer.config();
+    if cfg.dilation != 1 || cfg.output_padding != 0 {
+        candle_core::bail!("native transposed convolution gradients for an unsupported layer");
+    }
+    let op = conv::ConvTranspose2d {
+        params: ConvParams {
+            stride: cfg.stride,
+            pad: cfg.padding,
+            up: 1,
+        },
+        slope: None,
+    };
+    let need = conv::Needs {
+        input: true,
+        weight: true,
+    };
+    let (dx, dw, db) = op.grads(xs, &layer.weight().contiguous()?, dpre, need)?;
+    LayerGrads::new(dx, dw, db)
+}
+
+/// The gradients of one layer's input (when asked for), weight and bias.
+pub struct LayerGrads {
+    /// Of the input.
+    pub input: Option<Tensor>,
+    /// Of the weight.
+    pub weight: Tensor,
+    /// Of the bias.
+    pub bias: Tensor,
+}
+
+impl LayerGrads {
+    fn new(dx: Option<Tensor>, dw: Option<Tensor>, db: Option<Tensor>) -> Result<Self> {
+        match (dw, db) {
+            (Some(weight), Some(bias)) => Ok(Self {
+                input: dx,
+                weight,
+                bias,
+            }),
+            _ => candle_core::bail!("a layer's backward pass left out its weight gradient"),
+        }
+    }
+}
+
+/// `grad *= (res > 0 ? 1 : slope)` in place: the gradient through a leaky ReLU from its output
+/// `res`, for a contiguous f32 CPU gradient that nothing else reads.
+pub fn leaky_relu_grad_in_place(grad: &Tensor, res: &Tensor, slope: f64) -> Result<()> {
+    grad.inplace_op2(&res.contiguous()?, &conv::LeakyGradInPlace(slope as f32))
+}
+
 /// A leaky ReLU, as [`candle_nn::ops::leaky_relu`] but in one pass each way on the CPU.
 pub fn leaky_relu(xs: &Tensor, slope: f64) -> Result<Tensor> {
     if !native(xs) || slope <= 0.0 {
