@@ -453,7 +453,7 @@ fn resize_storms_and_a_20x5_window_leave_the_studio_working() {
         .status()
         .unwrap();
     let back = tmux.wait_for("the full dashboard again", 10, |s| {
-        s.contains("hyperparameters") && s.contains("losses")
+        s.contains("hyperparameters") && s.contains("losses") && status_step(s).is_some()
     });
     let step = status_step(&back).unwrap();
     tmux.wait_for("training to go on", 60, |s| {
