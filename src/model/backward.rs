@@ -93,28 +93,25 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
     let per_image = Tensor::full(1.0 / n as f32, n, tape.xs.device())?;
     let mut grad = ops::loss::grad_logits(logits, &tape.xs, &per_image)?;
 
-    // Decoder, last layer first: every layer but the last ends in a leaky ReLU, and so does the
-    // linear layer before the first.
+    // Decoder, last layer first. Every up layer's input is a leaky ReLU's output (of the layer
+    // before, or of the linear layer for the first), so each input gradient is taken through
+    // that activation as the layer makes it.
     for (i, layer) in layers.iter().enumerate().rev() {
-        let (input, output) = (&tape.up[i], &tape.up[i + 1]);
-        if i + 1 < layers.len() {
-            ops::leaky_relu_grad_in_place(&grad, output, LEAK)?;
-        }
+        let input = &tape.up[i];
         let g = match layer {
             UpLayer::Transpose(t) => {
-                let g = ops::conv_transpose2d_grads(input, t, &grad)?;
+                let g = ops::conv_transpose2d_grads(input, t, &grad, Some(LEAK))?;
                 grads.layer(t.weight(), t.bias(), &g);
                 g
             }
             UpLayer::Nearest(c) => {
-                let g = ops::upsample_conv2d_grads(input, 2, c, &grad, true)?;
+                let g = ops::upsample_conv2d_grads(input, 2, c, &grad, true, Some(LEAK))?;
                 grads.layer(c.weight(), c.bias(), &g);
                 g
             }
         };
         grad = g.input.expect("asked for the input gradient");
     }
-    ops::leaky_relu_grad_in_place(&grad, &tape.up[0], LEAK)?;
     let dz = grads.linear(fc, &tape.zs, &grad.flatten_from(1)?)?;
 
     // Latent: z = mu + exp(logvar / 2) eps, and beta times the batch mean of
@@ -142,11 +139,13 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
         None => from_mu,
     };
 
-    // Encoder, last convolution first; the images themselves need no gradient.
+    // Encoder, last convolution first; the images themselves need no gradient, and the input
+    // of every other convolution is the leaky ReLU's output of the one before.
     let mut grad = dfeatures.reshape(last.shape())?;
+    ops::leaky_relu_grad_in_place(&grad, last, LEAK)?;
     for (i, conv) in down.iter().enumerate().rev() {
-        ops::leaky_relu_grad_in_place(&grad, &tape.down[i + 1], LEAK)?;
-        let g = ops::upsample_conv2d_grads(&tape.down[i], 1, conv, &grad, i > 0)?;
+        let leak = (i > 0).then_some(LEAK);
+        let g = ops::upsample_conv2d_grads(&tape.down[i], 1, conv, &grad, i > 0, leak)?;
         grads.layer(conv.weight(), conv.bias(), &g);
         if let Some(dx) = g.input {
             grad = dx;

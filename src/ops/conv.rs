@@ -555,15 +555,38 @@ pub fn forward(
     })
 }
 
+/// The output of a leaky ReLU that fed a layer: a gradient flowing back into it is multiplied by
+/// the slope wherever `res` is not positive, which gives the gradient before the activation.
+#[derive(Debug, Clone, Copy)]
+pub struct LeakMask<'a> {
+    /// The activation's output, shaped as the gradient.
+    pub res: &'a [f32],
+    /// The activation's slope.
+    pub slope: f32,
+}
+
+impl LeakMask<'_> {
+    /// Applies the mask to `grad`, the block of the gradient starting at value `at`.
+    fn apply(&self, grad: &mut [f32], at: usize) {
+        let (slope, len) = (self.slope, grad.len());
+        for (g, r) in grad.iter_mut().zip(&self.res[at..][..len]) {
+            *g *= if *r > 0.0 { 1.0 } else { slope };
+        }
+    }
+}
+
 /// The input gradient `(n, c_in, h, w)` of a convolution from its output gradient `dy`, plus a
 /// per-input-channel `bias` and a leaky ReLU of `slope` (which make it a transposed
 /// convolution's forward pass).
+///
+/// With `mask`, the input was a leaky ReLU's output and the result is the gradient before it.
 pub fn backward_data(
     g: &Geometry,
     dy: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     slope: Option<f32>,
+    mask: Option<LeakMask>,
 ) -> Vec<f32> {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
     par_zeroed(g.n * g.image_in(), group * g.image_in(), |gi, dx| {
@@ -598,6 +621,9 @@ pub fn backward_data(
                 );
             }
         });
+        if let Some(mask) = mask {
+            mask.apply(dx, first * g.image_in());
+        }
         finish(dx, g.c_in, g.h * g.w, bias, slope);
     })
 }
@@ -608,13 +634,15 @@ pub fn backward_data(
 ///
 /// This is the backward pass of a transposed convolution (see [`ConvTranspose2d`]): its output
 /// gradient is `x` here, its input gradient is `y`, and its weight gradient is `dw`. Done
-/// separately, both would unfold the same large `x`. `y` has room for `spare` more values.
+/// separately, both would unfold the same large `x`. `y` has room for `spare` more values; with
+/// `mask`, it is taken through the leaky ReLU whose output `mask` holds.
 pub fn forward_and_weight(
     g: &Geometry,
     x: &[f32],
     w: &[f32],
     dy: &[f32],
     spare: usize,
+    mask: Option<LeakMask>,
 ) -> (Vec<f32>, Vec<f32>) {
     let (p, rows, group) = (g.pixels_out(), g.rows(), g.group());
     let len = g.n * g.image_out();
@@ -658,6 +686,9 @@ pub fn forward_and_weight(
                     let colt = View::new(cols, 1, ld);
                     matmul(g.c_out, rows, ld, &mut dw, rows, true, dyv, colt);
                 });
+                if let Some(mask) = mask {
+                    mask.apply(out, first * g.image_out());
+                }
             }
             dw
         })
@@ -885,6 +916,7 @@ impl CustomOp3 for Conv2d {
         let need = Needs {
             input: x.track_op(),
             weight: w.track_op() || b.track_op(),
+            input_leak: None,
         };
         self.grads(x, w, &dpre, need)
     }
@@ -897,6 +929,9 @@ pub struct Needs {
     pub input: bool,
     /// The gradients of the weight and the bias.
     pub weight: bool,
+    /// The input is the output of a leaky ReLU of this slope: its gradient is taken through
+    /// that activation too, while it is still in cache.
+    pub input_leak: Option<f32>,
 }
 
 /// The gradient before a leaky ReLU of `slope` (if any) from the one after it, `grad`, and the
@@ -920,8 +955,8 @@ impl Conv2d {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dpre = dpre.contiguous()?;
         let (_, _, h, wd) = x.dims4()?;
-        let dx = match need.input {
-            true => Some(dpre.apply_op2_no_bwd(
+        let dx = match (need.input, need.input_leak) {
+            (true, None) => Some(dpre.apply_op2_no_bwd(
                 w,
                 &Pass::Data {
                     params: self.params,
@@ -929,7 +964,15 @@ impl Conv2d {
                     w: wd,
                 },
             )?),
-            false => None,
+            (true, Some(slope)) => Some(dpre.apply_op3_no_bwd(
+                w,
+                &x.contiguous()?,
+                &DataThroughLeak {
+                    params: self.params,
+                    slope,
+                },
+            )?),
+            (false, _) => None,
         };
         let dw = match need.weight {
             true => {
@@ -975,7 +1018,7 @@ impl CustomOp3 for ConvTranspose2d {
         if b.len() != g.c_in {
             candle_core::bail!("bias of {} for {} output channels", b.len(), g.c_in);
         }
-        let out = backward_data(&g, x, w, Some(b), self.slope);
+        let out = backward_data(&g, x, w, Some(b), self.slope, None);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.c_in, g.h, g.w))))
     }
 
@@ -991,6 +1034,7 @@ impl CustomOp3 for ConvTranspose2d {
         let need = Needs {
             input: x.track_op(),
             weight: w.track_op() || b.track_op(),
+            input_leak: None,
         };
         self.grads(x, w, &dpre, need)
     }
@@ -1018,6 +1062,7 @@ impl ConvTranspose2d {
                 &TransposeBackward {
                     params: self.params,
                     k,
+                    input_leak: need.input_leak,
                 },
             )?;
             let nx = x.elem_count();
@@ -1027,12 +1072,18 @@ impl ConvTranspose2d {
             return Ok((Some(dx), dw, db));
         }
         let dx = match need_dx {
-            true => Some(grad.apply_op2_no_bwd(
-                w,
-                &Pass::Forward {
-                    params: self.params,
-                },
-            )?),
+            true => {
+                let dx = grad.apply_op2_no_bwd(
+                    w,
+                    &Pass::Forward {
+                        params: self.params,
+                    },
+                )?;
+                Some(match need.input_leak {
+                    Some(slope) => dx.apply_op2_no_bwd(x, &LeakyGrad(slope))?,
+                    None => dx,
+                })
+            }
             false => None,
         };
         // The weight gradient is the equivalent convolution's, with input and output swapped.
@@ -1057,6 +1108,8 @@ impl ConvTranspose2d {
 struct TransposeBackward {
     params: ConvParams,
     k: usize,
+    /// `x` is a leaky ReLU's output of this slope: `dx` is taken through it.
+    input_leak: Option<f32>,
 }
 
 impl CustomOp3 for TransposeBackward {
@@ -1079,7 +1132,8 @@ impl CustomOp3 for TransposeBackward {
             candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
         }
         let spare = g.c_out * g.rows() + g.c_in;
-        let (mut both, dw) = forward_and_weight(&g, dz, w, x, spare);
+        let mask = self.input_leak.map(|slope| LeakMask { res: x, slope });
+        let (mut both, dw) = forward_and_weight(&g, dz, w, x, spare, mask);
         both.extend_from_slice(&dw);
         both.extend_from_slice(&channel_sums(dz, g.c_in, g.h * g.w));
         let len = both.len();
@@ -1099,6 +1153,43 @@ fn split_weight_grad(
     let dw = both.narrow(0, 0, weights)?.reshape(w)?;
     let db = both.narrow(0, weights, both.dim(0)? - weights)?;
     Ok((Some(dw), Some(db)))
+}
+
+/// `(dy, w, x) -> dx`: the input gradient of a convolution whose input `x` is a leaky ReLU's
+/// output, taken through that activation as it is made.
+struct DataThroughLeak {
+    params: ConvParams,
+    slope: f32,
+}
+
+impl CustomOp3 for DataThroughLeak {
+    fn name(&self) -> &'static str {
+        "facestudio-conv2d-backward-data-through-leak"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dy, w, x) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let g = self.params.geometry(dims4(l3)?, dims4(l2)?)?;
+        if dims4(l1)? != (g.n, g.c_out, g.ho(), g.wo()) {
+            candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
+        }
+        let mask = LeakMask {
+            res: x,
+            slope: self.slope,
+        };
+        Ok((
+            CpuStorage::F32(backward_data(&g, dy, w, None, None, Some(mask))),
+            l3.shape().clone(),
+        ))
+    }
 }
 
 /// The passes used by the backward functions, none of them differentiable again.
@@ -1146,7 +1237,7 @@ impl CustomOp2 for Pass {
                     candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
                 }
                 Ok((
-                    CpuStorage::F32(backward_data(&g, a, b, None, None)),
+                    CpuStorage::F32(backward_data(&g, a, b, None, None, None)),
                     Shape::from((n, c_in, h, w)),
                 ))
             }

@@ -144,13 +144,15 @@ pub fn conv_transpose2d(
 }
 
 /// The gradients `(dx, dw, db)` of [`upsample_conv2d`] on the native kernels, from `dpre`, the
-/// gradient of the layer's output before its leaky ReLU; `dx` only when `need_input`.
+/// gradient of the layer's output before its leaky ReLU; `dx` only when `need_input`. With
+/// `input_leak`, `xs` is the output of a leaky ReLU of that slope and `dx` the gradient before it.
 pub fn upsample_conv2d_grads(
     xs: &Tensor,
     scale: usize,
     layer: &Conv2d,
     dpre: &Tensor,
     need_input: bool,
+    input_leak: Option<f64>,
 ) -> Result<LayerGrads> {
     let cfg = layer.config();
     if cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
@@ -167,17 +169,20 @@ pub fn upsample_conv2d_grads(
     let need = conv::Needs {
         input: need_input,
         weight: true,
+        input_leak: input_leak.map(|s| s as f32),
     };
     let (dx, dw, db) = op.grads(xs, &layer.weight().contiguous()?, dpre, need)?;
     LayerGrads::new(dx, dw, db)
 }
 
 /// The gradients `(dx, dw, db)` of [`conv_transpose2d`] on the native kernels, from `dpre`, the
-/// gradient of the layer's output before its leaky ReLU.
+/// gradient of the layer's output before its leaky ReLU; `input_leak` as for
+/// [`upsample_conv2d_grads`].
 pub fn conv_transpose2d_grads(
     xs: &Tensor,
     layer: &ConvTranspose2d,
     dpre: &Tensor,
+    input_leak: Option<f64>,
 ) -> Result<LayerGrads> {
     let cfg = layer.config();
     if cfg.dilation != 1 || cfg.output_padding != 0 {
@@ -194,6 +199,7 @@ pub fn conv_transpose2d_grads(
     let need = conv::Needs {
         input: true,
         weight: true,
+        input_leak: input_leak.map(|s| s as f32),
     };
     let (dx, dw, db) = op.grads(xs, &layer.weight().contiguous()?, dpre, need)?;
     LayerGrads::new(dx, dw, db)
