@@ -1580,6 +1580,83 @@ mod tests {
         assert!(max_diff(&ours.1, &theirs.1) < 1e-6);
     }
 
+    /// `dx (x > 0 ? 1 : slope)`: an input gradient taken on through the leaky ReLU whose
+    /// output `x` is, by candle's ops.
+    fn through_leak(dx: &Tensor, x: &Tensor, slope: f64) -> Tensor {
+        let mask = x
+            .gt(0f32)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .affine(1.0 - slope, slope)
+            .unwrap();
+        (dx * mask).unwrap()
+    }
+
+    /// The input gradient of a convolution (transposed with `transposed`) by candle's autograd,
+    /// for the output gradient `dy`.
+    fn candle_input_grad(x: &Tensor, w: &Tensor, dy: &Tensor, transposed: bool) -> Tensor {
+        let xv = Var::from_tensor(x).unwrap();
+        let y = match transposed {
+            true => xv.as_tensor().conv_transpose2d(w, 1, 0, 2, 1).unwrap(),
+            false => xv.as_tensor().conv2d(w, 1, 2, 1, 1).unwrap(),
+        };
+        let grads = (y * dy).unwrap().sum_all().unwrap().backward().unwrap();
+        grads.get(xv.as_tensor()).unwrap().clone()
+    }
+
+    #[test]
+    fn input_gradients_through_a_leaky_relu_match_candle() {
+        let params = ConvParams {
+            stride: 2,
+            pad: 1,
+            up: 1,
+        };
+        // A convolution's input gradient, with one image per product and with several.
+        for n in [2, 9] {
+            let (x, w, dy) = (
+                random(&[n, 3, 8, 8], 11),
+                random(&[4, 3, 4, 4], 12),
+                random(&[n, 4, 4, 4], 13),
+            );
+            let ours = dy
+                .apply_op3_no_bwd(&w, &x, &DataThroughLeak { params, slope: 0.2 })
+                .unwrap();
+            let expected = through_leak(&candle_input_grad(&x, &w, &dy, false), &x, 0.2);
+            assert!(max_diff(&ours, &expected) < 1e-5, "{n} images");
+        }
+        // A transposed convolution's, with and without its weight gradient alongside.
+        let (x, w, dy) = (
+            random(&[3, 4, 3, 3], 14),
+            random(&[4, 2, 4, 4], 15),
+            random(&[3, 2, 6, 6], 16),
+        );
+        let expected = through_leak(&candle_input_grad(&x, &w, &dy, true), &x, 0.3);
+        let op = ConvTranspose2d {
+            params,
+            slope: None,
+        };
+        for weight in [true, false] {
+            let need = Needs {
+                input: true,
+                weight,
+                input_leak: Some(0.3),
+            };
+            let (dx, ..) = op.grads(&x, &w, &dy, need).unwrap();
+            assert!(max_diff(&dx.unwrap(), &expected) < 1e-5, "weight: {weight}");
+        }
+    }
+
+    #[test]
+    fn leaky_gradient_in_place_matches_the_copying_one() {
+        let (grad, res) = (random(&[3, 70_000], 17), random(&[3, 70_000], 18));
+        let copied = grad.apply_op2_no_bwd(&res, &LeakyGrad(0.2)).unwrap();
+        let in_place = grad.copy().unwrap();
+        in_place.inplace_op2(&res, &LeakyGradInPlace(0.2)).unwrap();
+        assert_eq!(max_diff(&copied, &in_place), 0.0);
+        assert!(max_diff(&copied, &through_leak(&grad, &res, 0.2)) < 1e-7);
+    }
+
     #[test]
     fn images_without_gradient_get_none() {
         let (xs, w, b) = (
