@@ -1298,13 +1298,11 @@ impl CustomOp2 for LeakyGrad {
                 res.len()
             );
         }
-        let slope = self.0;
+        let mask = LeakMask { res, slope: self.0 };
         let out = par_zeroed(grad.len(), ELEMENTWISE_CHUNK, |i, out| {
             let at = i * ELEMENTWISE_CHUNK;
-            let (grad, res) = (&grad[at..][..out.len()], &res[at..][..out.len()]);
-            for ((o, g), r) in out.iter_mut().zip(grad).zip(res) {
-                *o = if *r > 0.0 { *g } else { *g * slope };
-            }
+            out.copy_from_slice(&grad[at..][..out.len()]);
+            mask.apply(out, at);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -1333,16 +1331,10 @@ impl InplaceOp2 for LeakyGradInPlace {
                 res.len()
             );
         }
-        let slope = self.0;
+        let mask = LeakMask { res, slope: self.0 };
         grad.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(res.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(grad, res)| {
-                for (g, r) in grad.iter_mut().zip(res) {
-                    if *r <= 0.0 {
-                        *g *= slope;
-                    }
-                }
-            });
+            .enumerate()
+            .for_each(|(i, grad)| mask.apply(grad, i * ELEMENTWISE_CHUNK));
         Ok(())
     }
 }
