@@ -295,12 +295,8 @@ impl Vae {
         (inner.sum(D::Minus1)? * -0.5)?.contiguous()
     }
 
-    /// The training losses of a batch, averaged over its images.
-    pub fn losses(&self, xs: &Tensor, beta: f64, rng: &mut Rng) -> Result<Losses> {
-        Ok(self.forward_train(xs, beta, rng)?.losses)
-    }
-
-    /// The training forward pass of a batch: its losses, and what [`Vae::backward`] needs.
+    /// The training forward pass of a batch: its losses averaged over its images, and what
+    /// [`Vae::backward`] needs.
     ///
     /// The conv model with the Bernoulli likelihood on the CPU's native kernels keeps its
     /// activations for a hand-written backward pass; every other model is differentiated by

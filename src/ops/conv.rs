@@ -1308,7 +1308,8 @@ impl CustomOp2 for LeakyGrad {
     }
 }
 
-/// `grad *= (res > 0 ? 1 : slope)` in place: [`LeakyGrad`] for a gradient nothing else reads.
+/// `grad *= (res > 0 ? 1 : slope)` in place: the leaky ReLU's backward pass, for a gradient
+/// nothing else reads.
 pub struct LeakyGradInPlace(pub f32);
 
 impl InplaceOp2 for LeakyGradInPlace {
