@@ -56,11 +56,13 @@ impl Gradients {
 struct Collected(HashMap<TensorId, Tensor>);
 
 impl Collected {
-    fn layer(&mut self, weight: &Tensor, bias: Option<&Tensor>, g: &LayerGrads) {
-        self.0.insert(weight.id(), g.weight.clone());
+    /// Stores a layer's weight and bias gradients; returns its input gradient, if computed.
+    fn layer(&mut self, weight: &Tensor, bias: Option<&Tensor>, g: LayerGrads) -> Option<Tensor> {
+        self.0.insert(weight.id(), g.weight);
         if let Some(b) = bias {
-            self.0.insert(b.id(), g.bias.clone());
+            self.0.insert(b.id(), g.bias);
         }
+        g.input
     }
 
     /// `y = x w^T + b` backwards: stores `dw = dy^T x` and `db = sum dy`, returns `dx = dy w`.
@@ -98,19 +100,21 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
     // that activation as the layer makes it.
     for (i, layer) in layers.iter().enumerate().rev() {
         let input = &tape.up[i];
-        let g = match layer {
-            UpLayer::Transpose(t) => {
-                let g = ops::conv_transpose2d_grads(input, t, &grad, Some(LEAK))?;
-                grads.layer(t.weight(), t.bias(), &g);
-                g
-            }
-            UpLayer::Nearest(c) => {
-                let g = ops::upsample_conv2d_grads(input, 2, c, &grad, true, Some(LEAK))?;
-                grads.layer(c.weight(), c.bias(), &g);
-                g
-            }
+        let (g, weight, bias) = match layer {
+            UpLayer::Transpose(t) => (
+                ops::conv_transpose2d_grads(input, t, &grad, Some(LEAK))?,
+                t.weight(),
+                t.bias(),
+            ),
+            UpLayer::Nearest(c) => (
+                ops::upsample_conv2d_grads(input, 2, c, &grad, true, Some(LEAK))?,
+                c.weight(),
+                c.bias(),
+            ),
         };
-        grad = g.input.expect("asked for the input gradient");
+        grad = grads
+            .layer(weight, bias, g)
+            .expect("asked for the input gradient");
     }
     let dz = grads.linear(fc, &tape.zs, &grad.flatten_from(1)?)?;
 
@@ -123,7 +127,7 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
     let features = last.flatten_from(1)?;
     let k = tape.beta / n as f64;
     let enc = &tape.enc;
-    let (mut dfeatures, dmu) = match (&enc.logvar, &tape.eps, &model.fc_logvar) {
+    let (from_logvar, dmu) = match (&enc.logvar, &tape.eps, &model.fc_logvar) {
         (Some(logvar), Some(eps), Some(head)) => {
             let (mu, logvar) = (enc.mu.detach(), logvar.detach());
             let dmu = (&dz + (mu * k)?)?;
@@ -134,7 +138,7 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
         _ => (None, dz),
     };
     let from_mu = grads.linear(&model.fc_mu, &features, &dmu)?;
-    let dfeatures = match dfeatures.take() {
+    let dfeatures = match from_logvar {
         Some(d) => (d + from_mu)?,
         None => from_mu,
     };
@@ -146,8 +150,7 @@ pub(super) fn backward(model: &Vae, tape: Tape) -> Result<HashMap<TensorId, Tens
     for (i, conv) in down.iter().enumerate().rev() {
         let leak = (i > 0).then_some(LEAK);
         let g = ops::upsample_conv2d_grads(&tape.down[i], 1, conv, &grad, i > 0, leak)?;
-        grads.layer(conv.weight(), conv.bias(), &g);
-        if let Some(dx) = g.input {
+        if let Some(dx) = grads.layer(conv.weight(), conv.bias(), g) {
             grad = dx;
         }
     }

@@ -954,25 +954,15 @@ impl Conv2d {
         need: Needs,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dpre = dpre.contiguous()?;
-        let (_, _, h, wd) = x.dims4()?;
-        let dx = match (need.input, need.input_leak) {
-            (true, None) => Some(dpre.apply_op2_no_bwd(
-                w,
-                &Pass::Data {
+        let dx = match need.input {
+            true => {
+                let op = InputGrad {
                     params: self.params,
-                    h,
-                    w: wd,
-                },
-            )?),
-            (true, Some(slope)) => Some(dpre.apply_op3_no_bwd(
-                w,
-                &x.contiguous()?,
-                &DataThroughLeak {
-                    params: self.params,
-                    slope,
-                },
-            )?),
-            (false, _) => None,
+                    leak: need.input_leak,
+                };
+                Some(dpre.apply_op3_no_bwd(w, &x.contiguous()?, &op)?)
+            }
+            false => None,
         };
         let dw = match need.weight {
             true => {
@@ -1155,16 +1145,16 @@ fn split_weight_grad(
     Ok((Some(dw), Some(db)))
 }
 
-/// `(dy, w, x) -> dx`: the input gradient of a convolution whose input `x` is a leaky ReLU's
-/// output, taken through that activation as it is made.
-struct DataThroughLeak {
+/// `(dy, w, x) -> dx`: the input gradient of a convolution of `x`. With `leak`, `x` is a leaky
+/// ReLU's output of that slope and `dx` is taken through the activation as it is made.
+struct InputGrad {
     params: ConvParams,
-    slope: f32,
+    leak: Option<f32>,
 }
 
-impl CustomOp3 for DataThroughLeak {
+impl CustomOp3 for InputGrad {
     fn name(&self) -> &'static str {
-        "facestudio-conv2d-backward-data-through-leak"
+        "facestudio-conv2d-backward-data"
     }
 
     fn cpu_fwd(
@@ -1181,12 +1171,9 @@ impl CustomOp3 for DataThroughLeak {
         if dims4(l1)? != (g.n, g.c_out, g.ho(), g.wo()) {
             candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
         }
-        let mask = LeakMask {
-            res: x,
-            slope: self.slope,
-        };
+        let mask = self.leak.map(|slope| LeakMask { res: x, slope });
         Ok((
-            CpuStorage::F32(backward_data(&g, dy, w, None, None, Some(mask))),
+            CpuStorage::F32(backward_data(&g, dy, w, None, None, mask)),
             l3.shape().clone(),
         ))
     }
@@ -1194,12 +1181,6 @@ impl CustomOp3 for DataThroughLeak {
 
 /// The passes used by the backward functions, none of them differentiable again.
 enum Pass {
-    /// `(dy, w) -> x`-shaped input gradient of a convolution from an `(h, w)` input.
-    Data {
-        params: ConvParams,
-        h: usize,
-        w: usize,
-    },
     /// `(x, w) -> y`, a convolution without bias.
     Forward { params: ConvParams },
     /// `(x, dy) -> [dw, db]` flattened, for a `k x k` kernel; with `transposed`, `db` is for a
@@ -1214,7 +1195,6 @@ enum Pass {
 impl CustomOp2 for Pass {
     fn name(&self) -> &'static str {
         match self {
-            Self::Data { .. } => "facestudio-conv2d-backward-data",
             Self::Forward { .. } => "facestudio-conv2d-forward",
             Self::Weight { .. } => "facestudio-conv2d-backward-weight",
         }
@@ -1229,18 +1209,6 @@ impl CustomOp2 for Pass {
     ) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
         match *self {
-            Self::Data { params, h, w } => {
-                let (n, c_out, ..) = dims4(l1)?;
-                let (_, c_in, k, _) = dims4(l2)?;
-                let g = params.geometry((n, c_in, h, w), (c_out, c_in, k, k))?;
-                if (g.ho(), g.wo()) != (dims4(l1)?.2, dims4(l1)?.3) {
-                    candle_core::bail!("output gradient {:?} does not match {g:?}", l1.dims());
-                }
-                Ok((
-                    CpuStorage::F32(backward_data(&g, a, b, None, None, None)),
-                    Shape::from((n, c_in, h, w)),
-                ))
-            }
             Self::Forward { params } => {
                 let g = params.geometry(dims4(l1)?, dims4(l2)?)?;
                 Ok((
@@ -1613,7 +1581,14 @@ mod tests {
                 random(&[n, 4, 4, 4], 13),
             );
             let ours = dy
-                .apply_op3_no_bwd(&w, &x, &DataThroughLeak { params, slope: 0.2 })
+                .apply_op3_no_bwd(
+                    &w,
+                    &x,
+                    &InputGrad {
+                        params,
+                        leak: Some(0.2),
+                    },
+                )
                 .unwrap();
             let expected = through_leak(&candle_input_grad(&x, &w, &dy, false), &x, 0.2);
             assert!(max_diff(&ours, &expected) < 1e-5, "{n} images");

@@ -79,8 +79,8 @@ pub fn upsample_conv2d(
     layer: &Conv2d,
     slope: Option<f64>,
 ) -> Result<Tensor> {
-    let cfg = layer.config();
-    if !native(xs) || cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
+    let op = native(xs).then(|| conv_op(layer, scale, slope)).flatten();
+    let Some(op) = op else {
         let (_, _, h, w) = xs.dims4()?;
         let up = if scale == 1 {
             xs.clone()
@@ -92,19 +92,25 @@ pub fn upsample_conv2d(
             Some(s) => candle_nn::ops::leaky_relu(&ys, s),
             None => Ok(ys),
         };
-    }
+    };
     let weight = layer.weight().contiguous()?;
     let bias = bias_or_zeros(layer.bias(), weight.dim(0)?, xs)?;
-    let params = ConvParams {
-        stride: cfg.stride,
-        pad: cfg.padding,
-        up: scale,
-    };
-    let op = conv::Conv2d {
-        params,
-        slope: slope.map(|s| s as f32),
-    };
     xs.contiguous()?.apply_op3(&weight, &bias, op)
+}
+
+/// The native kernel of `layer` after an upsampling by `scale`, followed by a leaky ReLU of
+/// `slope`; `None` for settings the kernels do not cover.
+fn conv_op(layer: &Conv2d, scale: usize, slope: Option<f64>) -> Option<conv::Conv2d> {
+    let cfg = layer.config();
+    let covered = cfg.dilation == 1 && cfg.groups == 1 && scale > 0;
+    covered.then(|| conv::Conv2d {
+        params: ConvParams {
+            stride: cfg.stride,
+            pad: cfg.padding,
+            up: scale,
+        },
+        slope: slope.map(|s| s as f32),
+    })
 }
 
 /// `layer(xs)` for a convolution, followed by a leaky ReLU of `slope` when given.
@@ -118,29 +124,32 @@ pub fn conv_transpose2d(
     layer: &ConvTranspose2d,
     slope: Option<f64>,
 ) -> Result<Tensor> {
-    let cfg = layer.config();
-    if !native(xs) || cfg.dilation != 1 || cfg.output_padding != 0 {
+    let op = native(xs).then(|| transpose_op(layer, slope)).flatten();
+    let Some(op) = op else {
         let ys = layer.forward(xs)?;
         return match slope {
             Some(s) => candle_nn::ops::leaky_relu(&ys, s),
             None => Ok(ys),
         };
-    }
+    };
     let weight = layer.weight().contiguous()?;
     let bias = bias_or_zeros(layer.bias(), weight.dim(1)?, xs)?;
-    let params = ConvParams {
-        stride: cfg.stride,
-        pad: cfg.padding,
-        up: 1,
-    };
-    xs.contiguous()?.apply_op3(
-        &weight,
-        &bias,
-        conv::ConvTranspose2d {
-            params,
-            slope: slope.map(|s| s as f32),
+    xs.contiguous()?.apply_op3(&weight, &bias, op)
+}
+
+/// The native kernel of `layer`, followed by a leaky ReLU of `slope`; `None` for settings the
+/// kernels do not cover.
+fn transpose_op(layer: &ConvTranspose2d, slope: Option<f64>) -> Option<conv::ConvTranspose2d> {
+    let cfg = layer.config();
+    let covered = cfg.dilation == 1 && cfg.output_padding == 0;
+    covered.then(|| conv::ConvTranspose2d {
+        params: ConvParams {
+            stride: cfg.stride,
+            pad: cfg.padding,
+            up: 1,
         },
-    )
+        slope: slope.map(|s| s as f32),
+    })
 }
 
 /// The gradients `(dx, dw, db)` of [`upsample_conv2d`] on the native kernels, from `dpre`, the
@@ -154,17 +163,8 @@ pub fn upsample_conv2d_grads(
     need_input: bool,
     input_leak: Option<f64>,
 ) -> Result<LayerGrads> {
-    let cfg = layer.config();
-    if cfg.dilation != 1 || cfg.groups != 1 || scale == 0 {
-        candle_core::bail!("native convolution gradients for an unsupported layer: {cfg:?}");
-    }
-    let op = conv::Conv2d {
-        params: ConvParams {
-            stride: cfg.stride,
-            pad: cfg.padding,
-            up: scale,
-        },
-        slope: None,
+    let Some(op) = conv_op(layer, scale, None) else {
+        candle_core::bail!("no native gradients for {:?}", layer.config());
     };
     let need = conv::Needs {
         input: need_input,
@@ -184,17 +184,8 @@ pub fn conv_transpose2d_grads(
     dpre: &Tensor,
     input_leak: Option<f64>,
 ) -> Result<LayerGrads> {
-    let cfg = layer.config();
-    if cfg.dilation != 1 || cfg.output_padding != 0 {
-        candle_core::bail!("native transposed convolution gradients for an unsupported layer");
-    }
-    let op = conv::ConvTranspose2d {
-        params: ConvParams {
-            stride: cfg.stride,
-            pad: cfg.padding,
-            up: 1,
-        },
-        slope: None,
+    let Some(op) = transpose_op(layer, None) else {
+        candle_core::bail!("no native gradients for {:?}", layer.config());
     };
     let need = conv::Needs {
         input: true,
